@@ -1,0 +1,143 @@
+//! Command-line flags (clap derive). Every flag also reads `PIX_AUTH_PROXY_<FLAG>`.
+//!
+//! Owns: the raw, unvalidated settings. [`crate::config::Config`] turns them into a checked
+//! configuration; nothing here opens a file or a socket.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+use crate::token::endpoint::{ClientAuth, TokenEncoding};
+
+/// Environment variable holding the client secret when `--client-secret-file` is not used.
+/// There is deliberately no plain `--client-secret` flag: it would show in `ps`.
+pub const CLIENT_SECRET_ENV: &str = "PIX_AUTH_PROXY_CLIENT_SECRET";
+
+/// pix-auth-proxy: call a Pix PSP API over plain HTTP; this sidecar adds the mTLS client
+/// certificate and the OAuth2 access token.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pix-auth-proxy",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `run`, accepted without the subcommand name.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar (the default).
+    Run(RunArgs),
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 15s, 2m)"))
+}
+
+/// Flags of the `run` subcommand.
+#[derive(Debug, Clone, Parser)]
+pub struct RunArgs {
+    /// App-facing plaintext listener. A non-loopback address needs --allow-non-loopback.
+    #[arg(long, env = "PIX_AUTH_PROXY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Allow --listen on a non-loopback address (anyone who reaches it can use your token).
+    #[arg(long, env = "PIX_AUTH_PROXY_ALLOW_NON_LOOPBACK")]
+    pub allow_non_loopback: bool,
+
+    /// PSP preset for URLs and token-request style (`custom` needs --upstream and --token-url).
+    #[arg(long, env = "PIX_AUTH_PROXY_PROVIDER", default_value = "pagstar")]
+    pub provider: String,
+
+    /// API base URL (https; may carry a path prefix). Default: the provider's.
+    #[arg(long, env = "PIX_AUTH_PROXY_UPSTREAM")]
+    pub upstream: Option<String>,
+
+    /// OAuth2 token endpoint (https). Default: the provider's.
+    #[arg(long, env = "PIX_AUTH_PROXY_TOKEN_URL")]
+    pub token_url: Option<String>,
+
+    /// OAuth2 client id.
+    #[arg(long, env = "PIX_AUTH_PROXY_CLIENT_ID")]
+    pub client_id: Option<String>,
+
+    /// File holding the client secret (or set PIX_AUTH_PROXY_CLIENT_SECRET).
+    #[arg(long, env = "PIX_AUTH_PROXY_CLIENT_SECRET_FILE")]
+    pub client_secret_file: Option<PathBuf>,
+
+    /// Client authentication at the token endpoint. Default: the provider's (post).
+    #[arg(long, env = "PIX_AUTH_PROXY_CLIENT_AUTH", value_enum)]
+    pub client_auth: Option<ClientAuth>,
+
+    /// Token request body encoding. Default: the provider's (form).
+    #[arg(long, env = "PIX_AUTH_PROXY_TOKEN_ENCODING", value_enum)]
+    pub token_encoding: Option<TokenEncoding>,
+
+    /// Scopes to request, space-separated.
+    #[arg(long, env = "PIX_AUTH_PROXY_SCOPE")]
+    pub scope: Option<String>,
+
+    /// PEM client certificate chain, leaf first.
+    #[arg(long, env = "PIX_AUTH_PROXY_CERT")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key of the client certificate (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "PIX_AUTH_PROXY_KEY")]
+    pub key: Option<PathBuf>,
+
+    /// Extra PEM trust anchors for the PSP's server certificates (added to the system roots).
+    #[arg(long, env = "PIX_AUTH_PROXY_CA")]
+    pub ca: Option<PathBuf>,
+
+    /// Never negotiate HTTP/2 with the PSP.
+    #[arg(long, env = "PIX_AUTH_PROXY_UPSTREAM_HTTP1_ONLY")]
+    pub upstream_http1_only: bool,
+
+    /// Start renewing at this fraction of the token lifetime (±10% jitter).
+    #[arg(long, env = "PIX_AUTH_PROXY_REFRESH_RATIO", default_value_t = 0.66)]
+    pub refresh_ratio: f64,
+
+    /// Never inject a token with less than this left.
+    #[arg(long, env = "PIX_AUTH_PROXY_EXPIRY_MARGIN", default_value = "15s", value_parser = duration)]
+    pub expiry_margin: Duration,
+
+    /// TCP connect timeout towards the PSP.
+    #[arg(long, env = "PIX_AUTH_PROXY_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub connect_timeout: Duration,
+
+    /// Time allowed for the PSP's response headers to an API request.
+    #[arg(long, env = "PIX_AUTH_PROXY_REQUEST_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub request_timeout: Duration,
+
+    /// Time allowed for a whole token request; also how long a request waits for a token.
+    #[arg(long, env = "PIX_AUTH_PROXY_TOKEN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub token_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, env = "PIX_AUTH_PROXY_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter (e.g. info, debug, pix_auth_proxy=debug). Default: RUST_LOG, else info.
+    #[arg(long, env = "PIX_AUTH_PROXY_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}

@@ -1,0 +1,480 @@
+//! Validated configuration: the flags after every check that can be made before start.
+//!
+//! Owns: provider presets (data, one table), URL and value checks, reading the client
+//! secret, and the one-line errors (naming the flag) that make the binary exit with 2.
+//! `Config::from_args` reads files but never the process environment: the caller passes the
+//! secret taken from the environment, so tests need no `set_var`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use secrecy::SecretString;
+
+use crate::cli::RunArgs;
+use crate::client::ClientOptions;
+use crate::proxy::ProxyOptions;
+use crate::server::ServerOptions;
+use crate::telemetry::LogFormat;
+use crate::token::RefreshPolicy;
+use crate::token::endpoint::{ClientAuth, TokenEncoding, TokenRequest};
+
+/// A PSP preset: defaults for the URLs and the token-request dialect.
+#[derive(Debug, Clone, Copy)]
+pub struct Preset {
+    /// Name given to `--provider`.
+    pub name: &'static str,
+    /// API base URL.
+    pub upstream: Option<&'static str>,
+    /// Token endpoint.
+    pub token_url: Option<&'static str>,
+    /// Client authentication style.
+    pub client_auth: ClientAuth,
+    /// Body encoding.
+    pub encoding: TokenEncoding,
+}
+
+/// The known presets. `custom` has no URLs: both must be given.
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "pagstar",
+        upstream: Some("https://api.pix.pagstar.com"),
+        token_url: Some("https://api.pix.pagstar.com/oauth/token"),
+        client_auth: ClientAuth::Post,
+        encoding: TokenEncoding::Form,
+    },
+    Preset {
+        name: "custom",
+        upstream: None,
+        token_url: None,
+        client_auth: ClientAuth::Post,
+        encoding: TokenEncoding::Form,
+    },
+];
+
+/// A setting that cannot be used, naming the flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag}: {reason}")]
+pub struct ConfigError {
+    /// The flag (e.g. `--token-url`).
+    pub flag: &'static str,
+    /// What is wrong, including the offending value or file when it is not secret.
+    pub reason: String,
+}
+
+fn err(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+/// Where the client identity comes from.
+#[derive(Debug, Clone)]
+pub struct IdentityFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Everything the sidecar needs to start, checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// App-facing listener address.
+    pub listen: SocketAddr,
+    /// API base URL (https).
+    pub upstream: Uri,
+    /// The token request (URL, credentials, dialect).
+    pub token: TokenRequest,
+    /// The client identity.
+    pub identity: IdentityFiles,
+    /// Extra trust anchors.
+    pub ca: Option<PathBuf>,
+    /// Renewal policy.
+    pub refresh: RefreshPolicy,
+    /// Connection settings towards the PSP.
+    pub client: ClientOptions,
+    /// Request-path settings.
+    pub proxy: ProxyOptions,
+    /// Listener settings.
+    pub server: ServerOptions,
+    /// Time allowed for a token request.
+    pub token_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter, if given by flag.
+    pub log_level: Option<String>,
+    /// Non-fatal findings to log once logging is up (e.g. a world-readable secret file).
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Check `args`. `env_secret` is the value of `PIX_AUTH_PROXY_CLIENT_SECRET`, if set.
+    pub fn from_args(
+        args: &RunArgs,
+        env_secret: Option<SecretString>,
+    ) -> Result<Self, ConfigError> {
+        let mut warnings = Vec::new();
+        let preset = PRESETS
+            .iter()
+            .find(|p| p.name == args.provider)
+            .ok_or_else(|| {
+                let names: Vec<_> = PRESETS.iter().map(|p| p.name).collect();
+                err(
+                    "--provider",
+                    format!(
+                        "unknown provider {:?} (known: {})",
+                        args.provider,
+                        names.join(", ")
+                    ),
+                )
+            })?;
+
+        if !args.listen.ip().is_loopback() && !args.allow_non_loopback {
+            return Err(err(
+                "--listen",
+                format!(
+                    "{} is not a loopback address; anyone who can reach it could use your PSP credentials. Pass --allow-non-loopback if this is intended",
+                    args.listen
+                ),
+            ));
+        }
+
+        let upstream = https_url(
+            "--upstream",
+            args.upstream.as_deref().or(preset.upstream),
+            preset.name,
+        )?;
+        if upstream.query().is_some() {
+            return Err(err("--upstream", "must not carry a query string"));
+        }
+        let token_url = https_url(
+            "--token-url",
+            args.token_url.as_deref().or(preset.token_url),
+            preset.name,
+        )?;
+
+        let client_id = match args.client_id.as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => id.to_owned(),
+            _ => return Err(err("--client-id", "is required")),
+        };
+        let client_auth = args.client_auth.unwrap_or(preset.client_auth);
+        let client_secret = match (&args.client_secret_file, env_secret) {
+            (Some(path), _) => Some(read_secret("--client-secret-file", path, &mut warnings)?),
+            (None, Some(s)) => Some(s),
+            (None, None) => None,
+        };
+        if client_secret.is_none() && client_auth != ClientAuth::None {
+            return Err(err(
+                "--client-secret-file",
+                format!(
+                    "a client secret is required with --client-auth {} (give --client-secret-file or set {})",
+                    match client_auth {
+                        ClientAuth::Post => "post",
+                        _ => "basic",
+                    },
+                    crate::cli::CLIENT_SECRET_ENV
+                ),
+            ));
+        }
+        let scope = args
+            .scope
+            .as_deref()
+            .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|s| !s.is_empty());
+
+        let cert = args
+            .cert
+            .clone()
+            .ok_or_else(|| err("--cert", "is required (PEM client certificate)"))?;
+        let key = args
+            .key
+            .clone()
+            .ok_or_else(|| err("--key", "is required (PEM private key of --cert)"))?;
+        readable_file("--cert", &cert)?;
+        readable_file("--key", &key)?;
+        if let Some(w) = permissive_mode(&key) {
+            warnings.push(format!("--key {}: {w}", key.display()));
+        }
+        if let Some(ca) = &args.ca {
+            readable_file("--ca", ca)?;
+        }
+
+        if !(0.1..=0.95).contains(&args.refresh_ratio) {
+            return Err(err(
+                "--refresh-ratio",
+                format!("{} is outside 0.1..=0.95", args.refresh_ratio),
+            ));
+        }
+        positive("--connect-timeout", args.connect_timeout)?;
+        positive("--request-timeout", args.request_timeout)?;
+        positive("--token-timeout", args.token_timeout)?;
+
+        Ok(Config {
+            listen: args.listen,
+            upstream,
+            token: TokenRequest {
+                url: token_url,
+                client_id,
+                client_secret,
+                auth: client_auth,
+                encoding: args.token_encoding.unwrap_or(preset.encoding),
+                scope,
+            },
+            identity: IdentityFiles { cert, key },
+            ca: args.ca.clone(),
+            refresh: RefreshPolicy {
+                ratio: args.refresh_ratio,
+                expiry_margin: args.expiry_margin,
+                ..RefreshPolicy::default()
+            },
+            client: ClientOptions {
+                connect_timeout: args.connect_timeout,
+                http1_only: args.upstream_http1_only,
+                ..ClientOptions::default()
+            },
+            proxy: ProxyOptions {
+                request_timeout: args.request_timeout,
+                token_wait: args.token_timeout,
+                ..ProxyOptions::default()
+            },
+            server: ServerOptions {
+                drain_timeout: args.shutdown_timeout,
+                ..ServerOptions::default()
+            },
+            token_timeout: args.token_timeout,
+            log_format: args.log_format,
+            log_level: args.log_level.clone(),
+            warnings,
+        })
+    }
+}
+
+fn positive(flag: &'static str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        return Err(err(flag, "must be greater than zero"));
+    }
+    Ok(())
+}
+
+fn https_url(flag: &'static str, value: Option<&str>, provider: &str) -> Result<Uri, ConfigError> {
+    let value =
+        value.ok_or_else(|| err(flag, format!("is required with --provider {provider}")))?;
+    let uri: Uri = value
+        .parse()
+        .map_err(|e| err(flag, format!("{value:?} is not a valid URL: {e}")))?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") => {
+            return Err(err(
+                flag,
+                format!("{value:?} uses http://; credentials and tokens only travel over https://"),
+            ));
+        }
+        _ => {
+            return Err(err(
+                flag,
+                format!("{value:?} must be an absolute https:// URL"),
+            ));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(err(flag, format!("{value:?} has no host")));
+    }
+    Ok(uri)
+}
+
+fn readable_file(flag: &'static str, path: &Path) -> Result<(), ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => std::fs::File::open(path)
+            .map(drop)
+            .map_err(|e| err(flag, format!("{}: cannot read: {e}", path.display()))),
+        Ok(_) => Err(err(flag, format!("{}: not a regular file", path.display()))),
+        Err(e) => Err(err(flag, format!("{}: {e}", path.display()))),
+    }
+}
+
+#[cfg(unix)]
+fn permissive_mode(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o004 != 0).then(|| {
+        format!(
+            "is readable by every user (mode {:o}); chmod 600 it",
+            mode & 0o777
+        )
+    })
+}
+
+#[cfg(not(unix))]
+fn permissive_mode(_: &Path) -> Option<String> {
+    None
+}
+
+fn read_secret(
+    flag: &'static str,
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<SecretString, ConfigError> {
+    readable_file(flag, path)?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(flag, format!("{}: cannot read: {e}", path.display())))?;
+    // Secret files usually end with a newline (echo, kubectl create secret --from-file).
+    let trimmed = text.trim_end_matches(['\r', '\n']);
+    if trimmed.is_empty() {
+        return Err(err(flag, format!("{}: file is empty", path.display())));
+    }
+    if let Some(w) = permissive_mode(path) {
+        warnings.push(format!("{flag} {}: {w}", path.display()));
+    }
+    Ok(SecretString::from(trimmed.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use secrecy::ExposeSecret;
+
+    struct Files {
+        dir: PathBuf,
+    }
+
+    impl Files {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("pap-config-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in ["cert.pem", "key.pem"] {
+                std::fs::write(dir.join(f), "x").unwrap();
+            }
+            std::fs::write(dir.join("secret"), "s3cret\n").unwrap();
+            Files { dir }
+        }
+        fn p(&self, f: &str) -> String {
+            self.dir.join(f).display().to_string()
+        }
+        fn args(&self, extra: &[&str]) -> RunArgs {
+            let (c, k, s) = (self.p("cert.pem"), self.p("key.pem"), self.p("secret"));
+            let mut v = vec![
+                "x",
+                "--client-id",
+                "id",
+                "--cert",
+                &c,
+                "--key",
+                &k,
+                "--client-secret-file",
+                &s,
+            ];
+            v.extend_from_slice(extra);
+            RunArgs::try_parse_from(v).unwrap()
+        }
+    }
+
+    impl Drop for Files {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn pagstar_defaults_and_secret_file_trimmed() {
+        let f = Files::new("ok");
+        let c = Config::from_args(&f.args(&[]), None).unwrap();
+        assert_eq!(c.upstream, "https://api.pix.pagstar.com");
+        assert_eq!(c.token.url, "https://api.pix.pagstar.com/oauth/token");
+        assert_eq!(c.token.client_secret.unwrap().expose_secret(), "s3cret");
+        assert_eq!(c.token.auth, ClientAuth::Post);
+    }
+
+    #[test]
+    fn bad_inputs_name_their_flag() {
+        let f = Files::new("bad");
+        let cases: &[(&[&str], &str, &str)] = &[
+            (
+                &["--token-url", "http://psp/oauth"],
+                "--token-url",
+                "http://",
+            ),
+            (&["--upstream", "http://psp"], "--upstream", "http://"),
+            (
+                &["--upstream", "not a url"],
+                "--upstream",
+                "not a valid URL",
+            ),
+            (&["--listen", "0.0.0.0:8080"], "--listen", "loopback"),
+            (
+                &["--ca", "/nonexistent/ca.pem"],
+                "--ca",
+                "/nonexistent/ca.pem",
+            ),
+            (&["--provider", "nubank"], "--provider", "unknown provider"),
+            (&["--provider", "custom"], "--upstream", "required"),
+            (&["--refresh-ratio", "1.5"], "--refresh-ratio", "outside"),
+        ];
+        for (extra, flag, needle) in cases {
+            let e = Config::from_args(&f.args(extra), None).unwrap_err();
+            assert_eq!(e.flag, *flag, "{extra:?}: {e}");
+            assert!(e.to_string().contains(needle), "{extra:?}: {e}");
+        }
+        let missing = RunArgs::try_parse_from([
+            "x",
+            "--client-id",
+            "id",
+            "--cert",
+            "/nope/c.pem",
+            "--key",
+            "/nope/k.pem",
+        ])
+        .unwrap();
+        let e = Config::from_args(&missing, Some(SecretString::from("s"))).unwrap_err();
+        assert_eq!(e.flag, "--cert");
+        let no_secret = RunArgs::try_parse_from([
+            "x",
+            "--client-id",
+            "id",
+            "--cert",
+            &f.p("cert.pem"),
+            "--key",
+            &f.p("key.pem"),
+        ])
+        .unwrap();
+        let e = Config::from_args(&no_secret, None).unwrap_err();
+        assert_eq!(e.flag, "--client-secret-file");
+        let none_auth = RunArgs::try_parse_from([
+            "x",
+            "--client-id",
+            "id",
+            "--cert",
+            &f.p("cert.pem"),
+            "--key",
+            &f.p("key.pem"),
+            "--client-auth",
+            "none",
+        ])
+        .unwrap();
+        assert!(Config::from_args(&none_auth, None).is_ok());
+    }
+
+    #[test]
+    fn non_loopback_needs_the_explicit_flag() {
+        let f = Files::new("nl");
+        assert!(
+            Config::from_args(
+                &f.args(&["--listen", "0.0.0.0:8080", "--allow-non-loopback"]),
+                None
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn debug_of_config_hides_the_secret() {
+        let f = Files::new("dbg");
+        let c = Config::from_args(&f.args(&[]), None).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

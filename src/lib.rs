@@ -1,0 +1,31 @@
+//! pix-auth-proxy: a sidecar that holds the mTLS identity and the OAuth2 client-credentials
+//! token for a Pix PSP API, so that the application beside it speaks plain HTTP.
+//!
+//! A request travels through the modules in this order:
+//!
+//! - [`server`]: accepts the app's plaintext connections (HTTP/1.1 and h2c) and drains them
+//!   on shutdown.
+//! - [`proxy`]: checks the target, rewrites the request (URI, `Host`, hop-by-hop headers,
+//!   `Authorization`), sends it upstream, replays it once on a 401, and turns the sidecar's own
+//!   failures into RFC 9457 problem bodies.
+//! - [`token`]: the lock-free [`token::TokenCell`] the proxy reads, and the refresher task —
+//!   the only code that calls the token endpoint.
+//! - [`tls`]: the client identity and trust anchors behind every upstream connection.
+//!
+//! Around them: [`cli`] and [`config`] turn flags into a validated [`config::Config`],
+//! [`sidecar`] wires the pieces together, [`telemetry`] sets up logs and redaction, and
+//! [`sandbox`] is the mock PSP used by the tests and by `demo`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod proxy;
+pub mod sandbox;
+pub mod server;
+pub mod sidecar;
+pub mod telemetry;
+pub mod tls;
+pub mod token;

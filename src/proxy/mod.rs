@@ -1,0 +1,313 @@
+//! The request path: from the app's plaintext request to the PSP over mTLS and back.
+//!
+//! Owns: target checks (no open proxy), the rewrite to the upstream URI, header hygiene,
+//! token injection (one `ArcSwap` load, one `HeaderValue` clone), the upstream call with
+//! its timeout, the one-shot replay after a 401, and mapping failures to problem bodies.
+//! It never calls the token endpoint: it reads the [`TokenCell`] and reports 401s to the
+//! refresher.
+
+pub mod problem;
+pub mod rewrite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::time::Instant;
+
+use crate::token::{RefresherHandle, TokenCell};
+pub use problem::ProblemKind;
+pub use rewrite::UpstreamTarget;
+
+/// Body sent upstream: buffered (replayable) or streamed from the app.
+pub type UpstreamBody = Either<Full<Bytes>, Incoming>;
+/// Body returned to the app: the PSP's, streamed, or our problem body.
+pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+/// The pooled mTLS client used for API calls.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// A failure produced by the sidecar itself, tagged by where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The app asked for something this proxy will not do (downstream).
+    #[error("forbidden target: {0}")]
+    ForbiddenTarget(&'static str),
+    /// The app's request could not be read or rewritten (downstream).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// No usable token within the wait bound (internal).
+    #[error("no usable access token after waiting {0:?}")]
+    TokenUnavailable(Duration),
+    /// Connecting to the PSP failed (upstream, retryable).
+    #[error("cannot connect to the PSP: {}", crate::telemetry::error_chain(.0))]
+    UpstreamConnect(#[source] hyper_util::client::legacy::Error),
+    /// The TLS handshake with the PSP failed (upstream).
+    #[error("TLS with the PSP failed: {}", crate::telemetry::error_chain(.0))]
+    UpstreamTls(#[source] hyper_util::client::legacy::Error),
+    /// The PSP did not answer in time (upstream).
+    #[error("the PSP did not answer within {0:?}")]
+    UpstreamTimeout(Duration),
+    /// The exchange broke after the connection was made (upstream).
+    #[error("the PSP broke the exchange: {}", crate::telemetry::error_chain(.0))]
+    UpstreamProtocol(#[source] hyper_util::client::legacy::Error),
+}
+
+impl ProxyError {
+    /// The problem kind (and so status and `type`) for this error.
+    pub fn kind(&self) -> ProblemKind {
+        match self {
+            ProxyError::ForbiddenTarget(_) => ProblemKind::ForbiddenTarget,
+            ProxyError::BadRequest(_) => ProblemKind::BadRequest,
+            ProxyError::TokenUnavailable(_) => ProblemKind::TokenUnavailable,
+            ProxyError::UpstreamConnect(_) => ProblemKind::UpstreamConnect,
+            ProxyError::UpstreamTls(_) => ProblemKind::UpstreamTls,
+            ProxyError::UpstreamTimeout(_) => ProblemKind::UpstreamTimeout,
+            ProxyError::UpstreamProtocol(_) => ProblemKind::UpstreamProtocol,
+        }
+    }
+
+    fn from_client(err: hyper_util::client::legacy::Error) -> Self {
+        if crate::token::endpoint::is_tls(&err) {
+            ProxyError::UpstreamTls(err)
+        } else if err.is_connect() {
+            ProxyError::UpstreamConnect(err)
+        } else {
+            ProxyError::UpstreamProtocol(err)
+        }
+    }
+
+    /// The problem response for this error. Its detail is our own text: it never carries a
+    /// token or secret (none of the variants holds one).
+    pub fn to_response(&self) -> Response<ResponseBody> {
+        problem::response(self.kind(), &self.to_string()).map(Either::Right)
+    }
+}
+
+/// Proxy settings.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Bound on waiting for the upstream's response headers.
+    pub request_timeout: Duration,
+    /// Bound on waiting for a usable token (cold start, after a 401).
+    pub token_wait: Duration,
+    /// Request bodies up to this size are buffered so they can be replayed after a 401.
+    pub replay_limit: usize,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(60),
+            token_wait: Duration::from_secs(10),
+            replay_limit: 64 * 1024,
+        }
+    }
+}
+
+/// The proxy service. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: UpstreamTarget,
+    own_authorities: Vec<Authority>,
+    client: UpstreamClient,
+    cell: TokenCell,
+    refresher: RefresherHandle,
+    opts: ProxyOptions,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("target", &self.inner.target)
+            .field("opts", &self.inner.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parts of a request needed to send it (again).
+struct Outgoing {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Outgoing {
+    fn request(&self, auth: HeaderValue, body: UpstreamBody) -> Request<UpstreamBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        // The client picks h2 or HTTP/1.1 from ALPN; it only refuses an HTTP/2 request on
+        // an HTTP/1 connection, so always hand it 1.1.
+        *req.version_mut() = Version::HTTP_11;
+        let headers = req.headers_mut();
+        headers.reserve(self.headers.len() + 1);
+        for (k, v) in &self.headers {
+            headers.append(k.clone(), v.clone());
+        }
+        headers.insert(header::AUTHORIZATION, auth);
+        req
+    }
+}
+
+impl Proxy {
+    /// A proxy to `target` with `client`, injecting tokens from `cell`.
+    pub fn new(
+        target: UpstreamTarget,
+        own_authorities: Vec<Authority>,
+        client: UpstreamClient,
+        cell: TokenCell,
+        refresher: RefresherHandle,
+        opts: ProxyOptions,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                target,
+                own_authorities,
+                client,
+                cell,
+                refresher,
+                opts,
+            }),
+        }
+    }
+
+    /// Handle one request from the app. Never fails: errors become problem responses.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let method = req.method().clone();
+        match self.forward(req).await {
+            Ok(resp) => resp,
+            Err(err) => {
+                let kind = err.kind();
+                match kind {
+                    ProblemKind::ForbiddenTarget | ProblemKind::BadRequest => {
+                        tracing::info!(event = "request_refused", %method, problem = kind.slug(), error = %err)
+                    }
+                    _ => {
+                        tracing::warn!(event = "request_failed", %method, problem = kind.slug(), error = %err)
+                    }
+                }
+                err.to_response()
+            }
+        }
+    }
+
+    async fn forward(&self, req: Request<Incoming>) -> Result<Response<ResponseBody>, ProxyError> {
+        let inner = &*self.inner;
+        if let Some(reason) = rewrite::forbidden_target(req.method(), req.version(), req.uri()) {
+            let allowed = req.method() != Method::CONNECT
+                && req
+                    .uri()
+                    .authority()
+                    .is_some_and(|a| inner.target.accepts_authority(a, &inner.own_authorities));
+            if !allowed {
+                return Err(ProxyError::ForbiddenTarget(reason));
+            }
+        }
+        let uri = inner.target.uri_for(req.uri()).map_err(|e| {
+            ProxyError::BadRequest(format!("request target cannot be rewritten: {e}"))
+        })?;
+        let (parts, body) = req.into_parts();
+        let mut headers = parts.headers;
+        rewrite::clean_request_headers(&mut headers);
+        let out = Outgoing {
+            method: parts.method,
+            uri,
+            headers,
+        };
+
+        // Buffer small bodies of known size so a 401 can be replayed; stream the rest.
+        let replayable = match body.size_hint().upper() {
+            Some(n) if n as usize <= inner.opts.replay_limit => {
+                let bytes = Limited::new(body, inner.opts.replay_limit)
+                    .collect()
+                    .await
+                    .map_err(|e| ProxyError::BadRequest(format!("request body: {e}")))?
+                    .to_bytes();
+                Ok(bytes)
+            }
+            _ => Err(body),
+        };
+
+        let (auth, version) = self.token(0).await?;
+        match replayable {
+            Err(stream) => {
+                let resp = self.send(out.request(auth, Either::Right(stream))).await?;
+                if resp.status() == StatusCode::UNAUTHORIZED {
+                    // Cannot replay a streamed body: pass the 401 through, but renew.
+                    inner.refresher.report_rejected(version);
+                }
+                Ok(finish(resp))
+            }
+            Ok(bytes) => {
+                let first = out.request(auth, Either::Left(Full::new(bytes.clone())));
+                let resp = self.send(first).await?;
+                if resp.status() != StatusCode::UNAUTHORIZED {
+                    return Ok(finish(resp));
+                }
+                inner.refresher.report_rejected(version);
+                let Some((auth, new_version)) =
+                    inner.cell.wait_usable(version, inner.opts.token_wait).await
+                else {
+                    tracing::warn!(
+                        event = "upstream_unauthorized",
+                        version,
+                        "PSP rejected the token and no newer one arrived; passing the 401 through"
+                    );
+                    return Ok(finish(resp));
+                };
+                tracing::info!(
+                    event = "upstream_unauthorized_replay",
+                    rejected = version,
+                    replay_with = new_version,
+                    "PSP rejected the token; replaying once with a new one"
+                );
+                drop(resp);
+                let resp = self
+                    .send(out.request(auth, Either::Left(Full::new(bytes))))
+                    .await?;
+                Ok(finish(resp))
+            }
+        }
+    }
+
+    /// The token to inject: immediately if usable, else wait (bounded) for one newer than
+    /// `after`.
+    async fn token(&self, after: u64) -> Result<(HeaderValue, u64), ProxyError> {
+        let inner = &*self.inner;
+        if let Some(t) = inner.cell.usable(Instant::now()) {
+            return Ok(t);
+        }
+        inner
+            .cell
+            .wait_usable(after, inner.opts.token_wait)
+            .await
+            .ok_or(ProxyError::TokenUnavailable(inner.opts.token_wait))
+    }
+
+    async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError> {
+        let timeout = self.inner.opts.request_timeout;
+        match tokio::time::timeout(timeout, self.inner.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(ProxyError::from_client(e)),
+            Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
+        }
+    }
+}
+
+fn finish(resp: Response<Incoming>) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    rewrite::clean_response_headers(&mut parts.headers);
+    Response::from_parts(parts, Either::Left(body))
+}

@@ -1,0 +1,116 @@
+//! RFC 9457 problem bodies for the failures the sidecar itself produces, so that an app can
+//! tell them from the PSP's own errors.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+
+/// Prefix of every problem `type` URI; the suffix is the stable slug.
+pub const TYPE_PREFIX: &str = "urn:pix-auth-proxy:problem:";
+
+/// The kinds of failure the sidecar reports itself. Each has a stable slug, status and title.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// No usable access token (cold start, token endpoint failing). 503 + `Retry-After`.
+    TokenUnavailable,
+    /// The PSP could not be reached (DNS, TCP, connection reset). 502.
+    UpstreamConnect,
+    /// The TLS handshake with the PSP failed (untrusted server, client certificate refused). 502.
+    UpstreamTls,
+    /// The PSP did not answer within the request timeout. 504.
+    UpstreamTimeout,
+    /// The PSP broke the HTTP exchange after connecting. 502.
+    UpstreamProtocol,
+    /// The request targets something other than the configured upstream (absolute-form to
+    /// another authority, `CONNECT`). 403.
+    ForbiddenTarget,
+    /// The request could not be read from the app. 400.
+    BadRequest,
+}
+
+impl ProblemKind {
+    /// The stable slug used in the `type` URI and as a metric label.
+    pub fn slug(self) -> &'static str {
+        match self {
+            ProblemKind::TokenUnavailable => "token-unavailable",
+            ProblemKind::UpstreamConnect => "upstream-connect",
+            ProblemKind::UpstreamTls => "upstream-tls",
+            ProblemKind::UpstreamTimeout => "upstream-timeout",
+            ProblemKind::UpstreamProtocol => "upstream-protocol",
+            ProblemKind::ForbiddenTarget => "forbidden-target",
+            ProblemKind::BadRequest => "bad-request",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProblemKind::TokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProblemKind::UpstreamConnect
+            | ProblemKind::UpstreamTls
+            | ProblemKind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            ProblemKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProblemKind::ForbiddenTarget => StatusCode::FORBIDDEN,
+            ProblemKind::BadRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// A short human title, constant per kind (RFC 9457 §3.1.3).
+    pub fn title(self) -> &'static str {
+        match self {
+            ProblemKind::TokenUnavailable => "No access token available for the PSP",
+            ProblemKind::UpstreamConnect => "Could not connect to the PSP",
+            ProblemKind::UpstreamTls => "TLS handshake with the PSP failed",
+            ProblemKind::UpstreamTimeout => "The PSP did not answer in time",
+            ProblemKind::UpstreamProtocol => "The PSP broke the HTTP exchange",
+            ProblemKind::ForbiddenTarget => {
+                "Only the configured PSP can be reached through this proxy"
+            }
+            ProblemKind::BadRequest => "The request could not be read",
+        }
+    }
+}
+
+/// Build the problem response. `detail` must never contain a secret or a token.
+pub fn response(kind: ProblemKind, detail: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "type": format!("{TYPE_PREFIX}{}", kind.slug()),
+        "title": kind.title(),
+        "status": kind.status().as_u16(),
+        "detail": detail,
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = kind.status();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if kind == ProblemKind::TokenUnavailable {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn problem_body_follows_rfc9457() {
+        let resp = response(ProblemKind::TokenUnavailable, "token endpoint failing");
+        assert_eq!(resp.status(), 503);
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["type"], "urn:pix-auth-proxy:problem:token-unavailable");
+        assert_eq!(v["status"], 503);
+        assert_eq!(v["detail"], "token endpoint failing");
+    }
+}

@@ -1,0 +1,249 @@
+//! The header and URI rules applied to every request and response crossing the proxy.
+//!
+//! Pure functions: no I/O, unit-tested on their own.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Uri, Version};
+
+/// Where requests go: the upstream's scheme, authority and base path.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    scheme: Scheme,
+    authority: Authority,
+    /// Base path without a trailing `/` (empty for the root).
+    base_path: String,
+}
+
+impl UpstreamTarget {
+    /// From a base URL such as `https://api.bb.com.br/pix/v2`. The query, if any, is ignored.
+    pub fn new(base: &Uri) -> Option<Self> {
+        let scheme = base.scheme()?.clone();
+        let authority = base.authority()?.clone();
+        let base_path = base.path().trim_end_matches('/').to_owned();
+        Some(Self {
+            scheme,
+            authority,
+            base_path,
+        })
+    }
+
+    /// The upstream authority (`host[:port]`).
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The upstream URI for an incoming request's path and query, byte for byte.
+    pub fn uri_for(&self, incoming: &Uri) -> Result<Uri, http::Error> {
+        let pq = incoming
+            .path_and_query()
+            .map(PathAndQuery::as_str)
+            .unwrap_or("/");
+        // `OPTIONS *` targets the server as a whole: send it to the base path.
+        let pq = if pq == "*" { "/" } else { pq };
+        let path_and_query = if self.base_path.is_empty() {
+            PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(pq.as_bytes()))?
+        } else {
+            let mut joined = BytesMut::with_capacity(self.base_path.len() + pq.len());
+            joined.extend_from_slice(self.base_path.as_bytes());
+            if !pq.starts_with('/') {
+                joined.extend_from_slice(b"/");
+            }
+            joined.extend_from_slice(pq.as_bytes());
+            PathAndQuery::from_maybe_shared(joined.freeze())?
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+    }
+
+    /// Whether an absolute-form request target may be forwarded: only when it names this
+    /// upstream (or `also_ours`, the sidecar's own listener). Anything else would make the
+    /// sidecar an open proxy.
+    pub fn accepts_authority(&self, requested: &Authority, also_ours: &[Authority]) -> bool {
+        let same = |a: &Authority, b: &Authority| {
+            a.host().eq_ignore_ascii_case(b.host()) && a.port_u16() == b.port_u16()
+        };
+        let default_port = |a: &Authority, port: u16| {
+            a.host().eq_ignore_ascii_case(self.authority.host())
+                && a.port_u16().unwrap_or(port) == self.authority.port_u16().unwrap_or(443)
+        };
+        same(requested, &self.authority)
+            || default_port(requested, 443)
+            || also_ours.iter().any(|o| same(requested, o))
+    }
+}
+
+/// Why a request target is refused.
+pub fn forbidden_target(method: &Method, version: Version, uri: &Uri) -> Option<&'static str> {
+    if method == Method::CONNECT {
+        return Some("CONNECT is not supported: this is not a forward proxy");
+    }
+    // In HTTP/2 every request carries :authority (the equivalent of Host), so only an
+    // HTTP/1 absolute-form target is a proxy request.
+    if version < Version::HTTP_2 && uri.authority().is_some() {
+        return Some("absolute-form request target");
+    }
+    None
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the ones that must never reach the PSP from
+/// the app: its `Authorization` (replaced), `Proxy-Authorization` and `Host` (the
+/// upstream's is set by the client).
+const REQUEST_DROP: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::HOST,
+    header::AUTHORIZATION,
+];
+
+const RESPONSE_DROP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+];
+
+fn drop_connection_listed(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+}
+
+/// Strip hop-by-hop and app-supplied credentials from a request's headers.
+pub fn clean_request_headers(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        drop_connection_listed(headers);
+    }
+    for name in &REQUEST_DROP {
+        headers.remove(name);
+    }
+}
+
+/// Strip hop-by-hop headers from a response before it goes back to the app.
+pub fn clean_response_headers(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        drop_connection_listed(headers);
+    }
+    for name in &RESPONSE_DROP {
+        headers.remove(name);
+    }
+    headers.remove(header::PROXY_AUTHENTICATE);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn target(base: &'static str) -> UpstreamTarget {
+        UpstreamTarget::new(&Uri::from_static(base)).unwrap()
+    }
+
+    #[test]
+    fn path_and_query_are_joined_byte_for_byte() {
+        let t = target("https://api.bb.com.br/pix/v2/");
+        let u = t
+            .uri_for(&Uri::from_static(
+                "/cob/abc%2F1?inicio=2024-01-01T00:00:00Z&a=%20b&&x",
+            ))
+            .unwrap();
+        assert_eq!(
+            u.to_string(),
+            "https://api.bb.com.br/pix/v2/cob/abc%2F1?inicio=2024-01-01T00:00:00Z&a=%20b&&x"
+        );
+        let root = target("https://psp.example:8443");
+        assert_eq!(
+            root.uri_for(&Uri::from_static("/a//b/../c?"))
+                .unwrap()
+                .to_string(),
+            "https://psp.example:8443/a//b/../c?"
+        );
+    }
+
+    #[test]
+    fn only_the_upstream_authority_is_accepted_in_absolute_form() {
+        let t = target("https://psp.example/pix");
+        let ours = [Authority::from_static("127.0.0.1:8080")];
+        assert!(t.accepts_authority(&Authority::from_static("psp.example"), &ours));
+        assert!(t.accepts_authority(&Authority::from_static("PSP.example:443"), &ours));
+        assert!(t.accepts_authority(&Authority::from_static("127.0.0.1:8080"), &ours));
+        assert!(!t.accepts_authority(&Authority::from_static("evil.example"), &ours));
+        assert!(!t.accepts_authority(&Authority::from_static("psp.example:8443"), &ours));
+    }
+
+    #[test]
+    fn connect_and_http1_absolute_form_are_flagged() {
+        assert!(
+            forbidden_target(
+                &Method::CONNECT,
+                Version::HTTP_11,
+                &Uri::from_static("evil:443")
+            )
+            .is_some()
+        );
+        assert!(
+            forbidden_target(
+                &Method::GET,
+                Version::HTTP_11,
+                &Uri::from_static("http://evil/x")
+            )
+            .is_some()
+        );
+        assert!(
+            forbidden_target(
+                &Method::GET,
+                Version::HTTP_2,
+                &Uri::from_static("http://local/x")
+            )
+            .is_none()
+        );
+        assert!(
+            forbidden_target(&Method::GET, Version::HTTP_11, &Uri::from_static("/x")).is_none()
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_and_credentials_are_stripped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "close, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic Zm9v"),
+            ("authorization", "Bearer app-token"),
+            ("host", "127.0.0.1:8080"),
+            ("x-request-id", "r1"),
+            ("content-type", "application/json"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        clean_request_headers(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-request-id", "content-type"]);
+    }
+}

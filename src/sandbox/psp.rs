@@ -1,0 +1,526 @@
+//! The mock PSP server: mTLS required, an OAuth2 token endpoint at `/oauth/token`, and an
+//! API that accepts only tokens it issued (to the certificate that asked for them) and
+//! echoes what it received as JSON.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use super::pki::{Leaf, Pki};
+use crate::telemetry::hex;
+use crate::token::endpoint::ClientAuth;
+
+/// Path of the token endpoint.
+pub const TOKEN_PATH: &str = "/oauth/token";
+
+/// What the mock PSP expects and grants.
+#[derive(Debug, Clone)]
+pub struct PspSettings {
+    /// The only client id accepted.
+    pub client_id: String,
+    /// The only client secret accepted.
+    pub client_secret: String,
+    /// The client authentication style demanded; others are refused with `invalid_client`.
+    pub auth: ClientAuth,
+    /// Lifetime of issued tokens.
+    pub token_ttl: Duration,
+    /// Status of a successful token response (200, or 201 as Pagstar answers).
+    pub token_status: StatusCode,
+}
+
+impl Default for PspSettings {
+    fn default() -> Self {
+        Self {
+            client_id: "sandbox-client".into(),
+            client_secret: "sandbox-secret-0123456789".into(),
+            auth: ClientAuth::Post,
+            token_ttl: Duration::from_secs(300),
+            token_status: StatusCode::OK,
+        }
+    }
+}
+
+/// How the token endpoint behaves right now.
+#[derive(Debug, Clone)]
+pub enum TokenMode {
+    /// Validate the request and issue a token.
+    Normal,
+    /// Answer this exact response, whatever the request.
+    Raw {
+        /// Status code.
+        status: StatusCode,
+        /// `Content-Type`.
+        content_type: &'static str,
+        /// Body.
+        body: Bytes,
+    },
+    /// Never answer (until the mode changes).
+    Hang,
+}
+
+#[derive(Debug)]
+struct Issued {
+    expires_at: Instant,
+    client_cert: String,
+}
+
+#[derive(Debug)]
+struct State {
+    settings: Mutex<PspSettings>,
+    mode: Mutex<TokenMode>,
+    mode_changed: watch::Sender<()>,
+    token_requests: AtomicU64,
+    api_requests: AtomicU64,
+    reject_next: AtomicU32,
+    api_delay: Mutex<Duration>,
+    tokens: Mutex<HashMap<String, Issued>>,
+    issued: Mutex<Vec<String>>,
+    token_certs: Mutex<Vec<String>>,
+}
+
+/// A running mock PSP. Dropping it stops the server.
+#[derive(Debug)]
+pub struct MockPsp {
+    addr: SocketAddr,
+    state: Arc<State>,
+    _stop: watch::Sender<bool>,
+}
+
+/// Everything a client needs to talk to a mock PSP started with [`MockPsp::start`].
+impl MockPsp {
+    /// Start on `listener` (bind `127.0.0.1:0`), with a server certificate from `pki`, and
+    /// accept only client certificates issued by `client_ca`.
+    pub fn start(
+        listener: TcpListener,
+        server_cert: &Leaf,
+        client_ca: &Pki,
+        settings: PspSettings,
+    ) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let provider = crate::tls::provider();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(client_ca.ca_der().clone())
+            .map_err(std::io::Error::other)?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(std::io::Error::other)?;
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(std::io::Error::other)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![server_cert.cert_der.clone()], server_cert.key_der())
+            .map_err(std::io::Error::other)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let (mode_changed, _) = watch::channel(());
+        let state = Arc::new(State {
+            settings: Mutex::new(settings),
+            mode: Mutex::new(TokenMode::Normal),
+            mode_changed,
+            token_requests: AtomicU64::new(0),
+            api_requests: AtomicU64::new(0),
+            reject_next: AtomicU32::new(0),
+            api_delay: Mutex::new(Duration::ZERO),
+            tokens: Mutex::new(HashMap::new()),
+            issued: Mutex::new(Vec::new()),
+            token_certs: Mutex::new(Vec::new()),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(accept_loop(listener, acceptor, state.clone(), stop_rx));
+        Ok(Self {
+            addr,
+            state,
+            _stop: stop,
+        })
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL of the API, e.g. `https://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// URL of the token endpoint.
+    pub fn token_url(&self) -> String {
+        format!("https://{}{TOKEN_PATH}", self.addr)
+    }
+
+    /// Token requests received (any outcome).
+    pub fn token_requests(&self) -> u64 {
+        self.state.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// API requests received (any outcome).
+    pub fn api_requests(&self) -> u64 {
+        self.state.api_requests.load(Ordering::SeqCst)
+    }
+
+    /// Change how the token endpoint answers.
+    pub fn set_mode(&self, mode: TokenMode) {
+        *self.state.mode.lock().unwrap() = mode;
+        self.state.mode_changed.send_replace(());
+    }
+
+    /// Change the lifetime of tokens issued from now on.
+    pub fn set_token_ttl(&self, ttl: Duration) {
+        self.state.settings.lock().unwrap().token_ttl = ttl;
+    }
+
+    /// Answer the next `n` API requests with 401, whatever their token.
+    pub fn reject_next_api(&self, n: u32) {
+        self.state.reject_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Delay every API response by `d` (slow PSP).
+    pub fn set_api_delay(&self, d: Duration) {
+        *self.state.api_delay.lock().unwrap() = d;
+    }
+
+    /// Forget every issued token: the API then rejects them (as a PSP does after a
+    /// credential rotation).
+    pub fn revoke_all(&self) {
+        self.state.tokens.lock().unwrap().clear();
+    }
+
+    /// Every access token ever issued, oldest first.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state.issued.lock().unwrap().clone()
+    }
+
+    /// SHA-256 (hex) of the client certificate of each successful token request, in order.
+    pub fn token_client_certs(&self) -> Vec<String> {
+        self.state.token_certs.lock().unwrap().clone()
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+            _ = stop.changed() => return,
+        };
+        let acceptor = acceptor.clone();
+        let state = state.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| hex(&crate::tls::sha256(c.as_ref())))
+                .unwrap_or_default();
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                let cert = cert.clone();
+                async move { Ok::<_, Infallible>(handle(&state, &cert, req).await) }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.changed() => {}
+            }
+        });
+    }
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+async fn handle(state: &State, cert: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == TOKEN_PATH {
+        state.token_requests.fetch_add(1, Ordering::SeqCst);
+        return token_endpoint(state, cert, req).await;
+    }
+    state.api_requests.fetch_add(1, Ordering::SeqCst);
+    api(state, cert, req).await
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<Full<Bytes>> {
+    json(
+        status,
+        serde_json::json!({"error": error, "error_description": description}),
+    )
+}
+
+async fn token_endpoint(
+    state: &State,
+    cert: &str,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let mut mode_rx = state.mode_changed.subscribe();
+    loop {
+        let mode = state.mode.lock().unwrap().clone();
+        match mode {
+            TokenMode::Normal => break,
+            TokenMode::Raw {
+                status,
+                content_type,
+                body,
+            } => {
+                let mut resp = Response::new(Full::new(body));
+                *resp.status_mut() = status;
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+                return resp;
+            }
+            TokenMode::Hang => {
+                if mode_rx.changed().await.is_err() {
+                    return oauth_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "temporarily_unavailable",
+                        "",
+                    );
+                }
+            }
+        }
+    }
+    let settings = state.settings.lock().unwrap().clone();
+    if req.method() != Method::POST {
+        return oauth_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            "POST required",
+        );
+    }
+    let basic = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|s| {
+            let (id, pw) = s.split_once(':')?;
+            let dec = |x: &str| {
+                form_urlencoded::parse(format!("a={x}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+            };
+            Some((dec(id)?, dec(pw)?))
+        });
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let Ok(body) = http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+    else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "body unreadable",
+        );
+    };
+    let body = body.to_bytes();
+    let fields: HashMap<String, String> = if is_json {
+        match serde_json::from_slice::<HashMap<String, serde_json::Value>>(&body) {
+            Ok(m) => m
+                .into_iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_owned())))
+                .collect(),
+            Err(_) => {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "malformed JSON");
+            }
+        }
+    } else {
+        form_urlencoded::parse(&body).into_owned().collect()
+    };
+    if fields.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "grant_type must be client_credentials",
+        );
+    }
+    let body_id = fields.get("client_id");
+    let body_secret = fields.get("client_secret");
+    let authenticated = match settings.auth {
+        ClientAuth::Post => {
+            basic.is_none()
+                && body_id == Some(&settings.client_id)
+                && body_secret == Some(&settings.client_secret)
+        }
+        ClientAuth::Basic => {
+            body_secret.is_none()
+                && basic.as_ref()
+                    == Some(&(settings.client_id.clone(), settings.client_secret.clone()))
+        }
+        ClientAuth::None => {
+            basic.is_none() && body_secret.is_none() && body_id == Some(&settings.client_id)
+        }
+    };
+    if !authenticated {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Invalid client or Invalid client credentials",
+        );
+    }
+    let token = new_token(settings.token_ttl);
+    state.tokens.lock().unwrap().insert(
+        token.clone(),
+        Issued {
+            expires_at: Instant::now() + settings.token_ttl,
+            client_cert: cert.to_owned(),
+        },
+    );
+    state.issued.lock().unwrap().push(token.clone());
+    state.token_certs.lock().unwrap().push(cert.to_owned());
+    let mut body = serde_json::json!({
+        "access_token": token,
+        "expires_in": settings.token_ttl.as_secs(),
+        "refresh_expires_in": 0,
+        "token_type": "Bearer",
+        "not-before-policy": 0,
+    });
+    if let Some(scope) = fields.get("scope") {
+        body["scope"] = serde_json::Value::from(scope.as_str());
+    }
+    json(settings.token_status, body)
+}
+
+fn new_token(ttl: Duration) -> String {
+    let mut random = [0u8; 24];
+    aws_lc_rs::rand::fill(&mut random).expect("system RNG");
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        + ttl.as_secs();
+    let header = b64.encode(r#"{"alg":"RS256","typ":"JWT"}"#);
+    let claims = b64.encode(format!(
+        r#"{{"exp":{exp},"azp":"sandbox","jti":"{}"}}"#,
+        hex(&random[..8])
+    ));
+    format!("{header}.{claims}.{}", b64.encode(random))
+}
+
+async fn api(state: &State, cert: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let delay = *state.api_delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let forced_reject = state
+        .reject_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    let valid = !forced_reject
+        && bearer.as_ref().is_some_and(|b| {
+            state
+                .tokens
+                .lock()
+                .unwrap()
+                .get(b)
+                .is_some_and(|i| i.expires_at > Instant::now() && i.client_cert == cert)
+        });
+    if !valid {
+        let mut resp = json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({
+                "type": "https://pix.bcb.gov.br/api/v2/error/AcessoNegado",
+                "title": "Não Autorizado",
+                "status": 401,
+                "detail": "token ausente, inválido ou expirado",
+            }),
+        );
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+        return resp;
+    }
+    let (parts, mut body) = req.into_parts();
+    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    len += d.len() as u64;
+                    digest.update(d);
+                }
+            }
+            Err(_) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": "body"}),
+                );
+            }
+        }
+    }
+    let mut headers = serde_json::Map::new();
+    for name in parts.headers.keys() {
+        let values: Vec<serde_json::Value> = parts
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| serde_json::Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        headers.insert(name.as_str().to_owned(), serde_json::Value::Array(values));
+    }
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "method": parts.method.as_str(),
+            "path": parts.uri.path(),
+            "query": parts.uri.query(),
+            "version": format!("{:?}", parts.version),
+            "authority": parts.uri.authority().map(|a| a.as_str()),
+            "headers": headers,
+            "body_len": len,
+            "body_sha256": hex(digest.finish().as_ref()),
+            "client_cert_sha256": cert,
+        }),
+    )
+}

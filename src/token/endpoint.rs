@@ -1,0 +1,610 @@
+//! The OAuth2 client-credentials request (RFC 6749 §4.4) over mTLS, and the validation of
+//! its response.
+//!
+//! Owns: building the token request in each supported dialect (secret in the body, HTTP
+//! Basic, or client_id only; form or JSON body), reading the response with a size cap, and
+//! turning it into a lifetime-checked access token or a [`TokenError`] that says why not.
+//! Nothing here ever formats the client secret or the token into a message.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+/// Largest token response body we read.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Shortest lifetime accepted from the PSP.
+pub const MIN_LIFETIME: Duration = Duration::from_secs(1);
+/// Longest lifetime accepted; anything above is treated as a broken response.
+pub const MAX_ACCEPTED_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Longest lifetime we act on: a longer token is still renewed at least this often.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Lifetime assumed when the response has no `expires_in` and the token is not a JWT.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the request body (`client_secret_post`).
+    Post,
+    /// HTTP Basic with the form-encoded id and secret (`client_secret_basic`).
+    Basic,
+    /// Only `client_id` in the body; the mTLS certificate authenticates (RFC 8705).
+    None,
+}
+
+/// Encoding of the token request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenEncoding {
+    /// `application/x-www-form-urlencoded` (RFC 6749).
+    Form,
+    /// `application/json` (some PSPs' documented variant).
+    Json,
+}
+
+/// What to ask the token endpoint for, and how.
+#[derive(Clone)]
+pub struct TokenRequest {
+    /// The token endpoint (https).
+    pub url: Uri,
+    /// OAuth2 client id.
+    pub client_id: String,
+    /// OAuth2 client secret; `None` only with [`ClientAuth::None`].
+    pub client_secret: Option<SecretString>,
+    /// Client authentication style.
+    pub auth: ClientAuth,
+    /// Body encoding.
+    pub encoding: TokenEncoding,
+    /// Space-separated scopes to request, if any.
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for TokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRequest")
+            .field("url", &self.url)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("auth", &self.auth)
+            .field("encoding", &self.encoding)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// Why a token could not be obtained. None of the variants carries the secret or a token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// No response within the token timeout.
+    #[error("token endpoint did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The request could not be sent (DNS, TCP, TLS handshake, connection reset).
+    #[error("token request failed: {}", crate::telemetry::error_chain(.0))]
+    Transport(#[source] hyper_util::client::legacy::Error),
+    /// The response body could not be read.
+    #[error("token response body could not be read: {0}")]
+    Body(String),
+    /// The endpoint answered with a status other than 200/201.
+    #[error("token endpoint answered {status}{}", oauth_suffix(.error, .description))]
+    Status {
+        /// HTTP status.
+        status: StatusCode,
+        /// OAuth `error` code, if the body had one.
+        error: Option<String>,
+        /// OAuth `error_description`, if the body had one.
+        description: Option<String>,
+    },
+    /// The body exceeded [`MAX_RESPONSE_BYTES`].
+    #[error("token response body larger than {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge,
+    /// The body is not the expected JSON object.
+    #[error("token response is not valid JSON: {0}")]
+    NotJson(String),
+    /// `access_token` missing or empty.
+    #[error("token response has no access_token")]
+    MissingToken,
+    /// `access_token` has characters that cannot be a bearer token (CR/LF, spaces, non-ASCII).
+    #[error("access_token contains a forbidden character (only visible ASCII is accepted)")]
+    InvalidToken,
+    /// `token_type` is neither `Bearer` nor absent.
+    #[error("token_type {0:?} is not Bearer")]
+    TokenType(String),
+    /// `expires_in` is missing and unusable, non-numeric, or out of bounds.
+    #[error("expires_in {0}")]
+    ExpiresIn(String),
+}
+
+fn oauth_suffix(error: &Option<String>, description: &Option<String>) -> String {
+    match (error, description) {
+        (Some(e), Some(d)) => format!(" (error={e:?}, error_description={d:?})"),
+        (Some(e), None) => format!(" (error={e:?})"),
+        _ => String::new(),
+    }
+}
+
+impl TokenError {
+    /// A bounded label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenError::Timeout(_) => "timeout",
+            TokenError::Transport(e) if is_tls(e) => "tls",
+            TokenError::Transport(_) => "connect",
+            TokenError::Body(_) => "body",
+            TokenError::Status { error: Some(_), .. } => "oauth_error",
+            TokenError::Status { .. } => "status",
+            TokenError::TooLarge => "too_large",
+            TokenError::NotJson(_) => "not_json",
+            TokenError::MissingToken | TokenError::InvalidToken => "invalid_token",
+            TokenError::TokenType(_) => "token_type",
+            TokenError::ExpiresIn(_) => "expires_in",
+        }
+    }
+}
+
+/// Whether a client error came from the TLS layer (handshake refused, unknown CA, …).
+pub fn is_tls(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// A token granted by the endpoint, validated.
+pub struct Granted {
+    /// The access token (visible ASCII, non-empty).
+    pub access_token: SecretString,
+    /// When the request was sent (monotonic): the lifetime counts from here.
+    pub sent_at: Instant,
+    /// Lifetime after clamping to [`MAX_LIFETIME`].
+    pub lifetime: Duration,
+    /// The scope the PSP says it granted, if it said.
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for Granted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Granted")
+            .field("access_token", &"<redacted>")
+            .field("lifetime", &self.lifetime)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Sends token requests over the mTLS identity it was built with.
+#[derive(Clone)]
+pub struct TokenClient {
+    client: HttpsClient,
+    request: TokenRequest,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for TokenClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenClient")
+            .field("request", &self.request)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl TokenClient {
+    /// A token client over `client` (an mTLS-configured hyper client).
+    pub fn new(client: HttpsClient, request: TokenRequest, timeout: Duration) -> Self {
+        Self {
+            client,
+            request,
+            timeout,
+        }
+    }
+
+    /// What this client asks for.
+    pub fn request(&self) -> &TokenRequest {
+        &self.request
+    }
+
+    /// Request one token. The whole exchange, body included, is bounded by the token timeout.
+    pub async fn fetch(&self) -> Result<Granted, TokenError> {
+        let req = build_request(&self.request);
+        let sent_at = Instant::now();
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(TokenError::Transport)?;
+            let status = resp.status();
+            let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
+                        TokenError::TooLarge
+                    } else {
+                        TokenError::Body(crate::telemetry::error_chain(e.as_ref()))
+                    }
+                })?
+                .to_bytes();
+            Ok::<_, TokenError>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| TokenError::Timeout(self.timeout))??;
+        let secret = self.request.client_secret.as_ref();
+        parse_response(status, &body, SystemTime::now(), secret).map(|(token, lifetime, scope)| {
+            Granted {
+                access_token: token,
+                sent_at,
+                lifetime,
+                scope,
+            }
+        })
+    }
+}
+
+/// Build the token request for `req`'s dialect.
+pub fn build_request(req: &TokenRequest) -> Request<Full<Bytes>> {
+    let secret = req.client_secret.as_ref().map(|s| s.expose_secret());
+    let mut fields: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
+    match req.auth {
+        ClientAuth::Post => {
+            fields.push(("client_id", &req.client_id));
+            if let Some(s) = secret {
+                fields.push(("client_secret", s));
+            }
+        }
+        ClientAuth::None => fields.push(("client_id", &req.client_id)),
+        ClientAuth::Basic => {}
+    }
+    if let Some(scope) = &req.scope {
+        fields.push(("scope", scope));
+    }
+    let (content_type, body) = match req.encoding {
+        TokenEncoding::Form => (
+            "application/x-www-form-urlencoded",
+            serde_urlencoded::to_string(&fields).unwrap_or_default(),
+        ),
+        TokenEncoding::Json => {
+            let map: serde_json::Map<String, serde_json::Value> = fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+                .collect();
+            (
+                "application/json",
+                serde_json::Value::Object(map).to_string(),
+            )
+        }
+    };
+    let mut builder = Request::builder()
+        .method(Method::POST)
+        .uri(req.url.clone())
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::ACCEPT, "application/json");
+    if req.auth == ClientAuth::Basic {
+        // RFC 6749 §2.3.1: both parts are form-urlencoded before Base64.
+        let id: String = form_urlencoded::byte_serialize(req.client_id.as_bytes()).collect();
+        let pw: String = form_urlencoded::byte_serialize(secret.unwrap_or("").as_bytes()).collect();
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{pw}"));
+        let mut value = HeaderValue::try_from(format!("Basic {encoded}"))
+            .expect("base64 is a valid header value");
+        value.set_sensitive(true);
+        builder = builder.header(header::AUTHORIZATION, value);
+    }
+    builder
+        .body(Full::new(Bytes::from(body)))
+        .expect("token request parts are valid")
+}
+
+#[derive(Deserialize)]
+struct RawResponse {
+    access_token: Option<String>,
+    token_type: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    scope: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// Validate a token endpoint response. `now` is wall-clock time, used only for a JWT `exp`.
+/// `secret` is scrubbed from any error text the PSP echoes back.
+pub fn parse_response(
+    status: StatusCode,
+    body: &[u8],
+    now: SystemTime,
+    secret: Option<&SecretString>,
+) -> Result<(SecretString, Duration, Option<String>), TokenError> {
+    if status != StatusCode::OK && status != StatusCode::CREATED {
+        let (error, description) = match serde_json::from_slice::<RawResponse>(body) {
+            Ok(raw) => (
+                raw.error.map(|e| scrub(&e, secret)),
+                raw.error_description.map(|d| scrub(&d, secret)),
+            ),
+            Err(_) => (None, None),
+        };
+        return Err(TokenError::Status {
+            status,
+            error,
+            description,
+        });
+    }
+    let raw: RawResponse =
+        serde_json::from_slice(body).map_err(|e| TokenError::NotJson(e.to_string()))?;
+    let token = raw.access_token.unwrap_or_default();
+    if token.is_empty() {
+        return Err(TokenError::MissingToken);
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(TokenError::InvalidToken);
+    }
+    if let Some(tt) = &raw.token_type {
+        if !tt.eq_ignore_ascii_case("bearer") {
+            return Err(TokenError::TokenType(truncate(tt, 32)));
+        }
+    }
+    let lifetime = match raw.expires_in {
+        Some(v) => expires_in(&v)?,
+        None => match jwt_lifetime(&token, now) {
+            Some(d) => d?,
+            None => {
+                tracing::warn!(
+                    event = "token_lifetime_unknown",
+                    assumed_secs = DEFAULT_LIFETIME.as_secs(),
+                    "token response has no expires_in and the token is not a JWT; assuming a short lifetime"
+                );
+                DEFAULT_LIFETIME
+            }
+        },
+    };
+    Ok((
+        SecretString::from(token),
+        lifetime.min(MAX_LIFETIME),
+        raw.scope,
+    ))
+}
+
+fn check_bounds(secs: f64) -> Result<Duration, TokenError> {
+    if !secs.is_finite() || secs < MIN_LIFETIME.as_secs_f64() {
+        return Err(TokenError::ExpiresIn(format!(
+            "{secs} is below the minimum of {}s",
+            MIN_LIFETIME.as_secs()
+        )));
+    }
+    if secs > MAX_ACCEPTED_LIFETIME.as_secs_f64() {
+        return Err(TokenError::ExpiresIn(format!(
+            "{secs} is above the maximum of {}s",
+            MAX_ACCEPTED_LIFETIME.as_secs()
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn expires_in(v: &serde_json::Value) -> Result<Duration, TokenError> {
+    let secs = match v {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    match secs {
+        Some(s) => check_bounds(s),
+        None => Err(TokenError::ExpiresIn(format!(
+            "{} is not a number",
+            truncate(&v.to_string(), 32)
+        ))),
+    }
+}
+
+/// If `token` is a JWT with an `exp` claim, its remaining lifetime.
+fn jwt_lifetime(token: &str, now: SystemTime) -> Option<Result<Duration, TokenError>> {
+    let mut parts = token.split('.');
+    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = claims.get("exp")?.as_f64()?;
+    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    Some(check_bounds(exp - now))
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+fn scrub(text: &str, secret: Option<&SecretString>) -> String {
+    let text = truncate(text, 256);
+    match secret.map(|s| s.expose_secret()) {
+        Some(s) if !s.is_empty() && text.contains(s) => text.replace(s, "<redacted>"),
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str) -> Result<(SecretString, Duration, Option<String>), TokenError> {
+        parse_response(StatusCode::OK, body.as_bytes(), SystemTime::now(), None)
+    }
+
+    #[test]
+    fn keycloak_response_is_accepted() {
+        let (t, life, scope) = ok(r#"{"access_token":"eyJ.a.b","expires_in":300,"refresh_expires_in":0,"token_type":"Bearer","not-before-policy":1680810673,"scope":"profile email qrcodes"}"#).unwrap();
+        assert_eq!(t.expose_secret(), "eyJ.a.b");
+        assert_eq!(life, Duration::from_secs(300));
+        assert_eq!(scope.as_deref(), Some("profile email qrcodes"));
+    }
+
+    #[test]
+    fn created_and_numeric_string_and_lowercase_bearer_are_accepted() {
+        let r = parse_response(
+            StatusCode::CREATED,
+            br#"{"access_token":"x","expires_in":"120","token_type":"bearer"}"#,
+            SystemTime::now(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.1, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn hostile_responses_are_refused_with_the_right_reason() {
+        let cases: &[(&str, &str)] = &[
+            ("<html>oops</html>", "not_json"),
+            (r#"{"access_token":"abc","expires_in":30"#, "not_json"),
+            (r#"{"access_token":"","expires_in":30}"#, "invalid_token"),
+            (r#"{"expires_in":30}"#, "invalid_token"),
+            (
+                "{\"access_token\":\"abc\\r\\nX-Evil: 1\",\"expires_in\":30}",
+                "invalid_token",
+            ),
+            (r#"{"access_token":"a b","expires_in":30}"#, "invalid_token"),
+            (r#"{"access_token":"abc","expires_in":-5}"#, "expires_in"),
+            (r#"{"access_token":"abc","expires_in":0}"#, "expires_in"),
+            (r#"{"access_token":"abc","expires_in":1e15}"#, "expires_in"),
+            (
+                r#"{"access_token":"abc","expires_in":"soon"}"#,
+                "expires_in",
+            ),
+            (r#"{"access_token":"abc","expires_in":true}"#, "expires_in"),
+            (
+                r#"{"access_token":"abc","expires_in":30,"token_type":"mac"}"#,
+                "token_type",
+            ),
+        ];
+        for (body, reason) in cases {
+            let err = ok(body).expect_err(body);
+            assert_eq!(err.reason(), *reason, "{body}: {err}");
+            assert!(
+                !err.to_string().contains("abc"),
+                "error text leaks token: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn oauth_error_is_reported_and_secret_scrubbed() {
+        let secret = SecretString::from("s3cr3t-value");
+        let err = parse_response(
+            StatusCode::UNAUTHORIZED,
+            br#"{"error":"invalid_client","error_description":"bad secret s3cr3t-value"}"#,
+            SystemTime::now(),
+            Some(&secret),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("invalid_client"), "{text}");
+        assert!(text.contains("401"), "{text}");
+        assert!(!text.contains("s3cr3t-value"), "{text}");
+        assert_eq!(err.reason(), "oauth_error");
+    }
+
+    #[test]
+    fn jwt_exp_is_used_when_expires_in_is_missing() {
+        let now = SystemTime::now();
+        let exp = now.duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
+        let payload =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(r#"{{"exp":{exp}}}"#));
+        let body = format!(r#"{{"access_token":"eyJhbGciOiJSUzI1NiJ9.{payload}.sig"}}"#);
+        let (_, life, _) = parse_response(StatusCode::OK, body.as_bytes(), now, None).unwrap();
+        assert!(
+            life <= Duration::from_secs(600) && life >= Duration::from_secs(598),
+            "{life:?}"
+        );
+    }
+
+    #[test]
+    fn opaque_token_without_expiry_gets_the_default_and_huge_lifetimes_are_clamped() {
+        let (_, life, _) = ok(r#"{"access_token":"opaque"}"#).unwrap();
+        assert_eq!(life, DEFAULT_LIFETIME);
+        let (_, life, _) = ok(r#"{"access_token":"x","expires_in":2592000}"#).unwrap();
+        assert_eq!(life, MAX_LIFETIME);
+    }
+
+    fn req(auth: ClientAuth, encoding: TokenEncoding) -> TokenRequest {
+        TokenRequest {
+            url: Uri::from_static("https://psp.example/oauth/token"),
+            client_id: "my id".into(),
+            client_secret: Some(SecretString::from("p@ss:w")),
+            auth,
+            encoding,
+            scope: Some("cob.read cob.write".into()),
+        }
+    }
+
+    async fn body_of(r: Request<Full<Bytes>>) -> String {
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_dialect_builds_the_right_request() {
+        let r = build_request(&req(ClientAuth::Post, TokenEncoding::Form));
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/x-www-form-urlencoded"
+        );
+        assert!(r.headers().get(header::AUTHORIZATION).is_none());
+        assert_eq!(
+            body_of(r).await,
+            "grant_type=client_credentials&client_id=my+id&client_secret=p%40ss%3Aw&scope=cob.read+cob.write"
+        );
+
+        let r = build_request(&req(ClientAuth::Basic, TokenEncoding::Form));
+        let auth = r.headers()[header::AUTHORIZATION].clone();
+        assert!(auth.is_sensitive());
+        let b64 = auth
+            .to_str()
+            .unwrap()
+            .strip_prefix("Basic ")
+            .unwrap()
+            .to_owned();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        assert_eq!(decoded, b"my+id:p%40ss%3Aw");
+        assert_eq!(
+            body_of(r).await,
+            "grant_type=client_credentials&scope=cob.read+cob.write"
+        );
+
+        let r = build_request(&req(ClientAuth::None, TokenEncoding::Json));
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        let v: serde_json::Value = serde_json::from_str(&body_of(r).await).unwrap();
+        assert_eq!(v["client_id"], "my id");
+        assert_eq!(v["grant_type"], "client_credentials");
+        assert!(v.get("client_secret").is_none());
+    }
+
+    #[test]
+    fn debug_of_request_hides_the_secret() {
+        let dbg = format!("{:?}", req(ClientAuth::Post, TokenEncoding::Form));
+        assert!(!dbg.contains("p@ss"), "{dbg}");
+    }
+}

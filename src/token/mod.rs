@@ -1,0 +1,270 @@
+//! The access token: its in-memory cell, the client that fetches it, and the task that
+//! renews it.
+//!
+//! Owns: [`Token`] (a pre-built, sensitive `Authorization` value with its version and
+//! monotonic expiry), [`TokenCell`] (lock-free current token, read on every request),
+//! [`endpoint`] (the OAuth2 client-credentials request and response validation) and
+//! [`refresher`] (the one background task allowed to call the token endpoint).
+
+pub mod endpoint;
+pub mod refresher;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use http::HeaderValue;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub use endpoint::{TokenClient, TokenError};
+pub use refresher::{RefreshPolicy, Refresher, RefresherHandle};
+
+/// One access token, ready to be injected.
+///
+/// The `Authorization` value is built once, when the token arrives, and marked sensitive so
+/// that HTTP/2 HPACK never indexes it and hyper's `Debug` hides it.
+pub struct Token {
+    header: HeaderValue,
+    version: u64,
+    expires_at: Instant,
+    usable_until: Instant,
+    lifetime: Duration,
+    fingerprint: String,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("fingerprint", &self.fingerprint)
+            .field("version", &self.version)
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Token {
+    /// Build a token. `access_token` must already be validated (visible ASCII);
+    /// `sent_at` is when the token request was sent, so the expiry errs on the early side.
+    /// `margin` is how long before `expires_at` the token stops being injected.
+    pub fn new(
+        access_token: &str,
+        version: u64,
+        sent_at: Instant,
+        lifetime: Duration,
+        margin: Duration,
+    ) -> Result<Self, http::header::InvalidHeaderValue> {
+        let mut header = HeaderValue::try_from(format!("Bearer {access_token}"))?;
+        header.set_sensitive(true);
+        let expires_at = sent_at + lifetime;
+        Ok(Self {
+            header,
+            version,
+            expires_at,
+            usable_until: expires_at.checked_sub(margin).unwrap_or(sent_at),
+            lifetime,
+            fingerprint: crate::telemetry::fingerprint(access_token.as_bytes()),
+        })
+    }
+
+    /// The `Authorization: Bearer …` value (sensitive).
+    pub fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+
+    /// Monotonic version: a later token has a larger version.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// When the PSP considers the token expired.
+    pub fn expires_at(&self) -> Instant {
+        self.expires_at
+    }
+
+    /// The last instant at which the token may be injected (`expires_at − margin`).
+    pub fn usable_until(&self) -> Instant {
+        self.usable_until
+    }
+
+    /// The lifetime granted by the PSP, after clamping.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// Short hash that names the token in logs.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Whether the token may be injected at `now`.
+    pub fn is_usable(&self, now: Instant) -> bool {
+        now < self.usable_until
+    }
+}
+
+/// The current token, shared by every request and written only by the refresher.
+///
+/// Reads are a lock-free `ArcSwap` load; waiters for a first (or newer) token are woken
+/// through a `watch` channel carrying the latest version.
+#[derive(Clone)]
+pub struct TokenCell {
+    inner: Arc<CellInner>,
+}
+
+struct CellInner {
+    current: ArcSwapOption<Token>,
+    version_tx: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for TokenCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCell")
+            .field(
+                "current",
+                &self.inner.current.load().as_ref().map(|t| t.version),
+            )
+            .finish()
+    }
+}
+
+impl Default for TokenCell {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TokenCell {
+    /// An empty cell.
+    pub fn new() -> Self {
+        let (version_tx, _) = watch::channel(0);
+        Self {
+            inner: Arc::new(CellInner {
+                current: ArcSwapOption::empty(),
+                version_tx,
+            }),
+        }
+    }
+
+    /// The token to inject now, if there is a usable one: its header and version.
+    /// This is the request path: one atomic load, one refcount increment for the header.
+    #[inline]
+    pub fn usable(&self, now: Instant) -> Option<(HeaderValue, u64)> {
+        let guard = self.inner.current.load();
+        match guard.as_deref() {
+            Some(t) if t.is_usable(now) => Some((t.header.clone(), t.version)),
+            _ => None,
+        }
+    }
+
+    /// The stored token, usable or not.
+    pub fn current(&self) -> Option<Arc<Token>> {
+        self.inner.current.load_full()
+    }
+
+    /// Store a new token if it is newer than the current one; wakes every waiter.
+    /// Returns whether it was stored.
+    pub fn store(&self, token: Token) -> bool {
+        let version = token.version;
+        let new = Arc::new(token);
+        let mut stored = false;
+        self.inner.current.rcu(|cur| match cur {
+            Some(c) if c.version >= version => {
+                stored = false;
+                cur.clone()
+            }
+            _ => {
+                stored = true;
+                Some(new.clone())
+            }
+        });
+        if stored {
+            self.inner.version_tx.send_replace(version);
+        }
+        stored
+    }
+
+    /// Drop the current token (e.g. it is past its usable time): readiness turns false.
+    pub fn clear(&self) {
+        self.inner.current.store(None);
+    }
+
+    /// Wait until a usable token with a version greater than `after` exists, or `timeout`
+    /// passes. `after = 0` means any usable token.
+    pub async fn wait_usable(&self, after: u64, timeout: Duration) -> Option<(HeaderValue, u64)> {
+        let mut rx = self.inner.version_tx.subscribe();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((h, v)) = self.usable(Instant::now()) {
+                if v > after {
+                    return Some((h, v));
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                // Sender lives in `self`, so it cannot be dropped while we hold `self`;
+                // treat it like a timeout anyway.
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(v: u64, life: u64) -> Token {
+        Token::new(
+            "abc.def",
+            v,
+            Instant::now(),
+            Duration::from_secs(life),
+            Duration::from_secs(1),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_is_unusable_after_expiry_minus_margin() {
+        let cell = TokenCell::new();
+        assert!(cell.usable(Instant::now()).is_none());
+        cell.store(token(1, 10));
+        assert!(cell.usable(Instant::now()).is_some());
+        tokio::time::advance(Duration::from_millis(8_999)).await;
+        assert!(cell.usable(Instant::now()).is_some());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(cell.usable(Instant::now()).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn older_version_never_replaces_newer() {
+        let cell = TokenCell::new();
+        assert!(cell.store(token(2, 10)));
+        assert!(!cell.store(token(1, 100)));
+        assert_eq!(cell.current().unwrap().version(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiter_wakes_on_store_and_times_out_without() {
+        let cell = TokenCell::new();
+        assert!(
+            cell.wait_usable(0, Duration::from_secs(1)).await.is_none(),
+            "no token: must time out"
+        );
+        let c2 = cell.clone();
+        let waiter = tokio::spawn(async move { c2.wait_usable(0, Duration::from_secs(5)).await });
+        tokio::time::advance(Duration::from_millis(100)).await;
+        cell.store(token(7, 10));
+        let got = waiter.await.unwrap().expect("woken by store");
+        assert_eq!(got.1, 7);
+        assert!(got.0.is_sensitive());
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let t = token(1, 10);
+        let dbg = format!("{t:?}");
+        assert!(!dbg.contains("abc.def"), "{dbg}");
+    }
+}

@@ -1,0 +1,324 @@
+//! The one task allowed to call the token endpoint.
+//!
+//! Owns: when to renew (a pure function of the token's lifetime, the refresh ratio and
+//! jitter), how to back off after a failure (exponential, full jitter, never past the
+//! current token's usable time), and the deduplication of upstream 401 reports: a burst of
+//! 401s for one token version causes at most one forced renewal, rate-limited.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{Token, TokenCell, TokenClient};
+
+/// When and how often the refresher renews.
+#[derive(Debug, Clone)]
+pub struct RefreshPolicy {
+    /// Fraction of the lifetime after which renewal starts (before jitter).
+    pub ratio: f64,
+    /// A token is not injected once less than this is left.
+    pub expiry_margin: Duration,
+    /// First backoff step after a failure.
+    pub backoff_base: Duration,
+    /// Largest backoff step.
+    pub backoff_max: Duration,
+    /// Minimum time between two 401-driven renewals.
+    pub forced_min_interval: Duration,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        Self {
+            ratio: 0.66,
+            expiry_margin: Duration::from_secs(15),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            forced_min_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The margin actually applied to a token of `lifetime`: the configured one, but never more
+/// than a quarter of the lifetime, so that a PSP issuing tokens shorter than the margin does
+/// not make every token unusable.
+pub fn effective_margin(lifetime: Duration, configured: Duration) -> Duration {
+    configured.min(lifetime / 4)
+}
+
+/// How long after receiving a token to start renewing it. `jitter` is in `[-1, 1]` and moves
+/// the point by up to ±10 %. Renewal always starts before the token stops being usable.
+pub fn refresh_in(lifetime: Duration, margin: Duration, ratio: f64, jitter: f64) -> Duration {
+    let jitter = jitter.clamp(-1.0, 1.0) * 0.1;
+    let planned = lifetime.mul_f64((ratio * (1.0 + jitter)).clamp(0.0, 1.0));
+    let usable_for = lifetime.saturating_sub(margin);
+    // Leave at least a tenth of the usable window for the renewal itself (and its retries).
+    planned.min(usable_for.mul_f64(0.9))
+}
+
+/// Backoff before retry number `attempt` (1-based): full jitter over an exponentially
+/// growing window, `rand01` in `[0, 1)`. A floor keeps a run of failures from spinning.
+pub fn backoff(attempt: u32, base: Duration, max: Duration, rand01: f64) -> Duration {
+    let window = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(max);
+    window
+        .mul_f64(rand01.clamp(0.0, 1.0))
+        .max(Duration::from_millis(100).min(window))
+}
+
+/// Counters the refresher keeps (read by metrics and tests).
+#[derive(Debug, Default)]
+pub struct RefreshStats {
+    /// Successful fetches.
+    pub fetch_ok: AtomicU64,
+    /// Failed fetches.
+    pub fetch_err: AtomicU64,
+    /// Renewals forced by an upstream 401.
+    pub forced: AtomicU64,
+    /// 401s reported by the proxy.
+    pub unauthorized: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// Highest token version an upstream rejected.
+    rejected: AtomicU64,
+    wake: Notify,
+    stats: RefreshStats,
+}
+
+/// The proxy's side of the refresher: report rejected tokens, read counters.
+#[derive(Debug, Clone)]
+pub struct RefresherHandle {
+    shared: Arc<Shared>,
+}
+
+impl RefresherHandle {
+    /// Report that the upstream answered 401 to a request carrying token `version`. Reports
+    /// for a version that is no longer current are ignored by the refresher, so a burst of
+    /// 401s for one token causes one renewal.
+    pub fn report_rejected(&self, version: u64) {
+        self.shared
+            .stats
+            .unauthorized
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared.rejected.fetch_max(version, Ordering::AcqRel);
+        self.shared.wake.notify_one();
+    }
+
+    /// The refresher's counters.
+    pub fn stats(&self) -> &RefreshStats {
+        &self.shared.stats
+    }
+}
+
+/// Renews the token in a [`TokenCell`]; run it with [`Refresher::run`] on its own task.
+pub struct Refresher {
+    client: TokenClient,
+    cell: TokenCell,
+    policy: RefreshPolicy,
+    shared: Arc<Shared>,
+    next_version: u64,
+}
+
+impl Refresher {
+    /// A refresher writing into `cell`.
+    pub fn new(client: TokenClient, cell: TokenCell, policy: RefreshPolicy) -> Self {
+        Self {
+            client,
+            cell,
+            policy,
+            shared: Arc::default(),
+            next_version: 1,
+        }
+    }
+
+    /// The handle the proxy uses to report 401s.
+    pub fn handle(&self) -> RefresherHandle {
+        RefresherHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Fetch now, then keep the token fresh forever. Cancel by dropping the future (abort the
+    /// task).
+    pub async fn run(mut self) {
+        let mut next_at = Instant::now();
+        let mut failures: u32 = 0;
+        let mut last_forced: Option<Instant> = None;
+        loop {
+            let forced = tokio::select! {
+                _ = tokio::time::sleep_until(next_at) => false,
+                _ = self.shared.wake.notified() => {
+                    match self.forced_due(last_forced) {
+                        ForcedCheck::Stale => continue,
+                        ForcedCheck::RateLimited(at) => {
+                            next_at = next_at.min(at);
+                            continue;
+                        }
+                        ForcedCheck::Due => true,
+                    }
+                }
+            };
+            if forced {
+                last_forced = Some(Instant::now());
+                self.shared.stats.forced.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    event = "token_forced_refresh",
+                    "upstream rejected the current token; renewing"
+                );
+            }
+            match self.client.fetch().await {
+                Ok(granted) => {
+                    failures = 0;
+                    let margin = effective_margin(granted.lifetime, self.policy.expiry_margin);
+                    let version = self.next_version;
+                    self.next_version += 1;
+                    let token = match Token::new(
+                        granted.access_token.expose_secret(),
+                        version,
+                        granted.sent_at,
+                        granted.lifetime,
+                        margin,
+                    ) {
+                        Ok(t) => t,
+                        Err(_) => {
+                            // parse_response only lets visible ASCII through, which is always a
+                            // valid header value; keep the old token if that ever changes.
+                            tracing::error!("token could not be turned into a header value");
+                            next_at = Instant::now() + self.policy.backoff_base;
+                            continue;
+                        }
+                    };
+                    let delay = refresh_in(
+                        granted.lifetime,
+                        margin,
+                        self.policy.ratio,
+                        fastrand::f64() * 2.0 - 1.0,
+                    );
+                    tracing::info!(
+                        event = "token_renewed",
+                        fingerprint = token.fingerprint(),
+                        version,
+                        expires_in_s = granted.lifetime.as_secs_f64(),
+                        next_refresh_in_s = delay.as_secs_f64(),
+                        "new access token"
+                    );
+                    self.shared.stats.fetch_ok.fetch_add(1, Ordering::Relaxed);
+                    self.cell.store(token);
+                    next_at = granted.sent_at + delay;
+                }
+                Err(err) => {
+                    failures += 1;
+                    self.shared.stats.fetch_err.fetch_add(1, Ordering::Relaxed);
+                    let now = Instant::now();
+                    let mut delay = backoff(
+                        failures,
+                        self.policy.backoff_base,
+                        self.policy.backoff_max,
+                        fastrand::f64(),
+                    );
+                    let current = self.cell.current();
+                    let usable = current.as_ref().filter(|t| t.is_usable(now));
+                    if let Some(t) = usable {
+                        // Never sleep past the point where the kept token stops being usable:
+                        // halve the remaining window so retries close in on it.
+                        let remaining = t.usable_until().saturating_duration_since(now);
+                        delay = delay.min((remaining / 2).max(Duration::from_millis(100)));
+                    }
+                    let kept = usable.map(|t| t.fingerprint().to_owned());
+                    tracing::warn!(
+                        event = "token_fetch_failed",
+                        reason = err.reason(),
+                        error = %err,
+                        attempt = failures,
+                        retry_in_ms = delay.as_millis() as u64,
+                        kept_token = kept.as_deref().unwrap_or("none"),
+                        "token request failed"
+                    );
+                    if usable.is_none() && current.is_some() {
+                        tracing::error!(
+                            event = "token_expired",
+                            "no usable token: requests get 503 until the token endpoint recovers"
+                        );
+                    }
+                    next_at = now + delay;
+                }
+            }
+        }
+    }
+
+    fn forced_due(&self, last_forced: Option<Instant>) -> ForcedCheck {
+        let rejected = self.shared.rejected.load(Ordering::Acquire);
+        match self.cell.current() {
+            Some(cur) if rejected >= cur.version() => {}
+            _ => return ForcedCheck::Stale,
+        }
+        match last_forced {
+            Some(at) if at.elapsed() < self.policy.forced_min_interval => {
+                ForcedCheck::RateLimited(at + self.policy.forced_min_interval)
+            }
+            _ => ForcedCheck::Due,
+        }
+    }
+}
+
+enum ForcedCheck {
+    /// The rejected token was already replaced (or there is none yet).
+    Stale,
+    /// A forced renewal happened too recently; renew at the given instant instead.
+    RateLimited(Instant),
+    Due,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn refresh_point_follows_ratio_and_jitter() {
+        assert_eq!(
+            refresh_in(S(300), S(15), 0.66, 0.0),
+            Duration::from_secs_f64(198.0)
+        );
+        let early = refresh_in(S(300), S(15), 0.66, -1.0);
+        let late = refresh_in(S(300), S(15), 0.66, 1.0);
+        assert!((early.as_secs_f64() - 178.2).abs() < 1e-6, "{early:?}");
+        assert!((late.as_secs_f64() - 217.8).abs() < 1e-6, "{late:?}");
+    }
+
+    #[test]
+    fn refresh_always_starts_before_the_token_becomes_unusable() {
+        for ratio in [0.5, 0.66, 0.9, 0.99] {
+            for life in [2u64, 10, 60, 300, 3600] {
+                let margin = effective_margin(S(life), S(15));
+                let at = refresh_in(S(life), margin, ratio, 1.0);
+                assert!(at < S(life) - margin, "ratio {ratio} life {life}: {at:?}");
+                assert!(at > Duration::ZERO);
+            }
+        }
+    }
+
+    #[test]
+    fn margin_never_eats_a_short_token() {
+        assert_eq!(effective_margin(S(2), S(15)), Duration::from_millis(500));
+        assert_eq!(effective_margin(S(300), S(15)), S(15));
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_within_full_jitter_and_caps() {
+        let (b, m) = (S(1), S(60));
+        assert_eq!(backoff(1, b, m, 0.999_999).as_secs(), 0); // window 1 s
+        assert!(backoff(3, b, m, 0.999_999) > Duration::from_millis(3_999)); // window 4 s
+        assert!(backoff(3, b, m, 0.999_999) < S(4));
+        assert!(backoff(30, b, m, 0.999_999) <= m);
+        assert!(backoff(30, b, m, 0.999_999) > S(59));
+        assert_eq!(backoff(5, b, m, 0.0), Duration::from_millis(100));
+    }
+}
