@@ -153,21 +153,22 @@ impl TokenError {
 }
 
 /// Whether a client error came from the TLS layer (handshake refused, unknown CA, …).
+///
+/// hyper-rustls wraps tokio-rustls' `io::Error` in another `io::Error`, and `io::Error`'s
+/// `source()` skips the error it wraps, so descend through `get_ref()` instead.
 pub fn is_tls(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = next {
-        if e.downcast_ref::<rustls::Error>().is_some() {
+        if e.is::<rustls::Error>() {
             return true;
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-            {
-                return true;
-            }
-        }
-        next = e.source();
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     false
 }

@@ -1,1 +1,8 @@
+//! End-to-end tests over real sockets and real mTLS: one test binary (each extra binary is
+//! another full link on a 2-core machine).
 
+mod support;
+
+mod binary;
+mod proxy;
+mod token;

@@ -1,0 +1,236 @@
+//! The `pix-auth-proxy` binary as a user runs it: flags, exit codes, signals, log output.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pix-auth-proxy");
+
+fn run_to_end(args: &[String]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("PIX_AUTH_PROXY_CLIENT_SECRET")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_at_start_with_one_line_naming_the_flag() {
+    let env = Env::new().await;
+    let other = env.pki.client("someone-else").unwrap();
+    env.write("other-key.pem", other.key_pem.as_bytes());
+    let expired = env
+        .pki
+        .expired_client("expired", Duration::from_secs(3600))
+        .unwrap();
+    env.write("expired.pem", expired.cert_pem.as_bytes());
+    env.write("expired-key.pem", expired.key_pem.as_bytes());
+    env.write("garbage.pem", b"not a pem file");
+    let (other_key, exp_cert, exp_key, garbage) = (
+        env.p("other-key.pem"),
+        env.p("expired.pem"),
+        env.p("expired-key.pem"),
+        env.p("garbage.pem"),
+    );
+    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+        (
+            vec!["--cert", "/nonexistent/client.pem"],
+            "--cert",
+            "/nonexistent/client.pem",
+        ),
+        (vec!["--key", &other_key], "--key", "does not match"),
+        (
+            vec!["--cert", &exp_cert, "--key", &exp_key],
+            "--cert",
+            "expired",
+        ),
+        (
+            vec!["--cert", &garbage],
+            "--cert",
+            "no valid PEM certificate",
+        ),
+        (vec!["--key", &garbage], "--key", "no PEM private key"),
+        (
+            vec!["--token-url", "http://127.0.0.1:1/oauth/token"],
+            "--token-url",
+            "http://",
+        ),
+        (
+            vec!["--upstream", "http://127.0.0.1:1"],
+            "--upstream",
+            "http://",
+        ),
+        (
+            vec!["--upstream", "https://bad host/"],
+            "--upstream",
+            "not a valid URL",
+        ),
+        (
+            vec!["--ca", "/nonexistent/ca.pem"],
+            "--ca",
+            "/nonexistent/ca.pem",
+        ),
+        (vec!["--listen", "0.0.0.0:0"], "--listen", "loopback"),
+        (vec!["--expiry-margin", "soon"], "--expiry-margin", "soon"),
+    ];
+    for (extra, flag, needle) in cases {
+        let (code, stderr) = run_to_end(&env.flags(&extra));
+        assert_eq!(code, 2, "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(needle),
+            "{extra:?}: {stderr}"
+        );
+        if flag != "--expiry-margin" {
+            // clap's own usage errors are multi-line; ours are exactly one line.
+            assert_eq!(stderr.trim_end().lines().count(), 1, "{extra:?}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn help_lists_every_flag_and_never_shows_the_secret() {
+    let out = Command::new(BIN)
+        .arg("--help")
+        .env("PIX_AUTH_PROXY_CLIENT_SECRET", "do-not-show-me")
+        .env("PIX_AUTH_PROXY_CLIENT_ID", "shown-id")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(!help.contains("do-not-show-me"));
+    assert!(
+        !help.contains("--client-secret "),
+        "there is no plain secret flag"
+    );
+    for flag in [
+        "--listen",
+        "--upstream",
+        "--token-url",
+        "--client-id",
+        "--client-secret-file",
+        "--client-auth",
+        "--token-encoding",
+        "--scope",
+        "--cert",
+        "--key",
+        "--ca",
+        "--refresh-ratio",
+        "--expiry-margin",
+        "--connect-timeout",
+        "--request-timeout",
+        "--token-timeout",
+        "--upstream-http1-only",
+        "--log-format",
+        "--allow-non-loopback",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+        let env_name = format!(
+            "PIX_AUTH_PROXY_{}",
+            flag.trim_start_matches("--")
+                .replace('-', "_")
+                .to_uppercase()
+        );
+        assert!(help.contains(&env_name), "{env_name} missing from --help");
+    }
+}
+
+#[tokio::test]
+async fn binary_serves_with_env_secret_and_json_logs_then_sigterm_drains_and_exits_0() {
+    let env = Env::new().await;
+    let port = bind().await.local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut flags = env.flags(&[
+        "--listen",
+        &listen,
+        "--log-format",
+        "json",
+        "--log-level",
+        "trace",
+    ]);
+    // Take the secret from the environment instead of the file.
+    let i = flags
+        .iter()
+        .position(|f| f == "--client-secret-file")
+        .unwrap();
+    flags.drain(i..i + 2);
+    let mut child = tokio::process::Command::new(BIN)
+        .args(&flags)
+        .env("PIX_AUTH_PROXY_CLIENT_SECRET", &env.settings.client_secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    // Drain stderr while the process runs: a full pipe would block its logging.
+    let mut stderr = child.stderr.take().unwrap();
+    let log_reader = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut buf).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    let url = format!("http://{listen}/cob/bin");
+    let mut up = false;
+    for _ in 0..100 {
+        if let Ok(Ok(resp)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            http_client().get(url.parse().unwrap()),
+        )
+        .await
+        {
+            up = resp.status() == 200;
+            if up {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    if !up {
+        let _ = child.start_kill();
+        panic!("the binary does not serve: {}", log_reader.await.unwrap());
+    }
+    // A 401 + replay and a token refusal, so the logs cover the sensitive paths.
+    env.psp.reject_next_api(1);
+    assert_eq!(get(&url).await.status, 200);
+
+    // SIGTERM while a slow request is in flight: it completes, then the process exits 0.
+    env.psp.set_api_delay(Duration::from_millis(800));
+    let slow = tokio::spawn({
+        let url = url.clone();
+        async move { get(&url).await.status }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(slow.await.unwrap(), 200, "the in-flight request finished");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    let logs = log_reader.await.unwrap();
+    assert_eq!(status.code(), Some(0), "{logs}");
+    assert!(logs.contains("token_renewed"), "{logs}");
+    for line in logs.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+    }
+    for secret in env.secrets() {
+        assert!(
+            !logs.contains(&secret),
+            "a secret or token reached the binary's logs"
+        );
+    }
+}
