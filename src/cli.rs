@@ -38,7 +38,38 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sidecar (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// A complete local sandbox: throwaway certificates, a mock PSP and the sidecar, in one process.
+    Demo(DemoArgs),
+}
+
+/// Flags of the `demo` subcommand.
+#[derive(Debug, Clone, Parser)]
+pub struct DemoArgs {
+    /// Where the demo sidecar listens for your app.
+    #[arg(long, env = "PIX_AUTH_PROXY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Lifetime of the mock PSP's tokens (short, to watch renewals).
+    #[arg(long, env = "PIX_AUTH_PROXY_DEMO_TOKEN_TTL", default_value = "30s", value_parser = duration)]
+    pub demo_token_ttl: Duration,
+
+    /// Write the demo's CA, certificates, key and client secret to this directory.
+    #[arg(long, env = "PIX_AUTH_PROXY_WRITE_CERTS")]
+    pub write_certs: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter (e.g. info, debug). Default: RUST_LOG, else info.
+    #[arg(long, env = "PIX_AUTH_PROXY_LOG_LEVEL")]
+    pub log_level: Option<String>,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

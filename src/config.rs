@@ -7,9 +7,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
+use rustls_pki_types::CertificateDer;
 use secrecy::SecretString;
 
 use crate::cli::RunArgs;
@@ -17,6 +19,7 @@ use crate::client::ClientOptions;
 use crate::proxy::ProxyOptions;
 use crate::server::ServerOptions;
 use crate::telemetry::LogFormat;
+use crate::tls::{Identity, TlsError};
 use crate::token::RefreshPolicy;
 use crate::token::endpoint::{ClientAuth, TokenEncoding, TokenRequest};
 
@@ -72,11 +75,26 @@ fn err(flag: &'static str, reason: impl Into<String>) -> ConfigError {
 
 /// Where the client identity comes from.
 #[derive(Debug, Clone)]
-pub struct IdentityFiles {
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
+pub enum IdentitySource {
+    /// PEM files: certificate chain and private key.
+    Pem {
+        /// PEM certificate chain, leaf first.
+        cert: PathBuf,
+        /// PEM private key.
+        key: PathBuf,
+    },
+    /// An identity already loaded (the `demo`, which writes nothing to disk).
+    Loaded(Arc<Identity>),
+}
+
+impl IdentitySource {
+    /// Load and validate the identity.
+    pub fn load(&self) -> Result<Arc<Identity>, TlsError> {
+        match self {
+            IdentitySource::Pem { cert, key } => Identity::from_pem_files(cert, key).map(Arc::new),
+            IdentitySource::Loaded(identity) => Ok(identity.clone()),
+        }
+    }
 }
 
 /// Everything the sidecar needs to start, checked.
@@ -89,9 +107,11 @@ pub struct Config {
     /// The token request (URL, credentials, dialect).
     pub token: TokenRequest,
     /// The client identity.
-    pub identity: IdentityFiles,
-    /// Extra trust anchors.
+    pub identity: IdentitySource,
+    /// Extra trust anchors file (`--ca`).
     pub ca: Option<PathBuf>,
+    /// Extra trust anchors given in memory (the `demo`'s CA).
+    pub extra_roots: Vec<CertificateDer<'static>>,
     /// Renewal policy.
     pub refresh: RefreshPolicy,
     /// Connection settings towards the PSP.
@@ -111,6 +131,32 @@ pub struct Config {
 }
 
 impl Config {
+    /// A configuration with every default of the CLI, for callers that build it in code
+    /// (the `demo`): listen address, upstream, token request and identity are given.
+    pub fn with_defaults(
+        listen: SocketAddr,
+        upstream: Uri,
+        token: TokenRequest,
+        identity: IdentitySource,
+    ) -> Self {
+        Config {
+            listen,
+            upstream,
+            token,
+            identity,
+            ca: None,
+            extra_roots: Vec::new(),
+            refresh: RefreshPolicy::default(),
+            client: ClientOptions::default(),
+            proxy: ProxyOptions::default(),
+            server: ServerOptions::default(),
+            token_timeout: Duration::from_secs(10),
+            log_format: LogFormat::Text,
+            log_level: None,
+            warnings: Vec::new(),
+        }
+    }
+
     /// Check `args`. `env_secret` is the value of `PIX_AUTH_PROXY_CLIENT_SECRET`, if set.
     pub fn from_args(
         args: &RunArgs,
@@ -223,8 +269,9 @@ impl Config {
                 encoding: args.token_encoding.unwrap_or(preset.encoding),
                 scope,
             },
-            identity: IdentityFiles { cert, key },
+            identity: IdentitySource::Pem { cert, key },
             ca: args.ca.clone(),
+            extra_roots: Vec::new(),
             refresh: RefreshPolicy {
                 ratio: args.refresh_ratio,
                 expiry_margin: args.expiry_margin,

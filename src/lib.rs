@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod proxy;
 pub mod sandbox;
 pub mod server;

@@ -2,11 +2,14 @@
 //! the library.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
-use pix_auth_proxy::cli::{CLIENT_SECRET_ENV, Cli, Command};
+use pix_auth_proxy::cli::{CLIENT_SECRET_ENV, Cli, Command, DemoArgs, RunArgs};
 use pix_auth_proxy::config::Config;
+use pix_auth_proxy::demo::{Demo, DemoOptions};
 use pix_auth_proxy::sidecar::Sidecar;
+use pix_auth_proxy::telemetry::LogFormat;
 use secrecy::SecretString;
 
 /// Exit code for bad flags or files, as clap uses for usage errors.
@@ -14,10 +17,34 @@ const EXIT_BAD_INPUT: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Run(args)) => args,
-        None => cli.run,
-    };
+    // Installing the provider process-wide makes any rustls user in the tree agree with ours.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match cli.command {
+        Some(Command::Run(args)) => run(*args),
+        Some(Command::Demo(args)) => demo(args),
+        None => run(cli.run),
+    }
+}
+
+fn init_logs(format: LogFormat, flag: Option<&str>) -> Result<(), ExitCode> {
+    let filter = flag
+        .map(str::to_owned)
+        .or_else(|| std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "info".into());
+    pix_auth_proxy::telemetry::init(format, &filter).map_err(|e| bad_input(&e))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn run(args: RunArgs) -> ExitCode {
     let env_secret = std::env::var(CLIENT_SECRET_ENV)
         .ok()
         .filter(|s| !s.is_empty())
@@ -26,44 +53,56 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return bad_input(&e),
     };
-    let filter = config
-        .log_level
-        .clone()
-        .or_else(|| std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| "info".into());
-    if let Err(e) = pix_auth_proxy::telemetry::init(config.log_format, &filter) {
-        eprintln!("error: {e}");
-        return ExitCode::from(EXIT_BAD_INPUT);
+    if let Err(code) = init_logs(config.log_format, config.log_level.as_deref()) {
+        return code;
     }
     for w in &config.warnings {
         tracing::warn!(event = "insecure_file_mode", "{w}");
     }
-    // Installing the provider process-wide makes any rustls user in the tree agree with ours.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let sidecar = match Sidecar::new(config.clone()) {
+    let listen = config.listen;
+    let sidecar = match Sidecar::new(config) {
         Ok(s) => s,
         Err(e) => return bad_input(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
-            Err(e) => {
-                eprintln!("error: --listen {}: {e}", config.listen);
-                return ExitCode::from(EXIT_BAD_INPUT);
-            }
+            Err(e) => return bad_input(&format!("--listen {listen}: {e}")),
         };
         sidecar.run(listener, shutdown_signal()).await;
         tracing::info!(event = "stopped", "pix-auth-proxy stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+fn demo(args: DemoArgs) -> ExitCode {
+    if let Err(code) = init_logs(args.log_format, args.log_level.as_deref()) {
+        return code;
+    }
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(l) => l,
+            Err(e) => return bad_input(&format!("--listen {}: {e}", args.listen)),
+        };
+        let opts = DemoOptions {
+            token_ttl: args.demo_token_ttl.max(Duration::from_secs(2)),
+            write_certs: args.write_certs,
+        };
+        let demo = match Demo::start(listener, opts).await {
+            Ok(d) => d,
+            Err(e) => return bad_input(&e),
+        };
+        println!("{}", demo.banner());
+        demo.run(shutdown_signal()).await;
+        tracing::info!(event = "stopped", "demo stopped");
         ExitCode::SUCCESS
     })
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use http::uri::Authority;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, IdentitySource};
 use crate::proxy::{Proxy, UpstreamTarget};
 use crate::tls::{Identity, TlsError};
 use crate::token::{Refresher, RefresherHandle, TokenCell, TokenClient};
@@ -44,9 +44,13 @@ fn tls_flag(err: &TlsError, config: &Config) -> &'static str {
         TlsError::KeyMismatch { key, .. } => key == p,
         _ => false,
     };
-    if is(&config.identity.key) {
+    let (cert, key) = match &config.identity {
+        IdentitySource::Pem { cert, key } => (Some(cert), Some(key)),
+        IdentitySource::Loaded(_) => (None, None),
+    };
+    if key.is_some_and(is) {
         "--key"
-    } else if is(&config.identity.cert) {
+    } else if cert.is_some_and(is) {
         "--cert"
     } else if config.ca.as_ref().is_some_and(is) {
         "--ca"
@@ -81,9 +85,10 @@ impl Sidecar {
             flag: tls_flag(&source, &config),
             source,
         };
-        let identity = Identity::from_pem_files(&config.identity.cert, &config.identity.key)
-            .map_err(tls_err)?;
-        let roots = Arc::new(crate::tls::root_store(config.ca.as_deref()).map_err(tls_err)?);
+        let identity = config.identity.load().map_err(tls_err)?;
+        let roots =
+            crate::tls::root_store(config.ca.as_deref(), &config.extra_roots).map_err(tls_err)?;
+        let roots = Arc::new(roots);
         let tls = identity.client_config(roots).map_err(tls_err)?;
         let upstream_client = crate::client::https_client(tls.clone(), &config.client);
         // The token endpoint gets its own pool: its connections live on another host and
@@ -94,7 +99,7 @@ impl Sidecar {
         let refresher = Refresher::new(token_client, cell.clone(), config.refresh.clone());
         let handle = refresher.handle();
         Ok(Self {
-            identity: Arc::new(identity),
+            identity,
             cell,
             refresher,
             handle,

@@ -3,6 +3,7 @@
 //! Owns: a throwaway PKI ([`pki`]) and an mTLS-only HTTPS server ([`psp`]) with an OAuth2
 //! token endpoint and an API that checks bearer tokens and echoes what it received.
 
+mod pix;
 pub mod pki;
 pub mod psp;
 

@@ -109,6 +109,16 @@ impl Pki {
         )
     }
 
+    /// A client certificate with an RSA-2048 key (PSPs and ICP-Brasil mostly issue RSA).
+    pub fn client_rsa(&self, cn: &str) -> Result<Leaf, PkiError> {
+        let key = KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)?;
+        let mut params = self.leaf_params(cn, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::from_secs(86_400);
+        params.not_after = now + Duration::from_secs(365 * 86_400);
+        self.sign(params, key)
+    }
+
     /// A client certificate valid from `now - before` to `now + after`.
     pub fn client_valid(
         &self,

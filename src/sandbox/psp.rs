@@ -44,6 +44,9 @@ pub struct PspSettings {
     pub token_ttl: Duration,
     /// Status of a successful token response (200, or 201 as Pagstar answers).
     pub token_status: StatusCode,
+    /// Serve Pix-shaped endpoints (`PUT`/`GET /cob/{txid}`, `GET /pix`) instead of echoing
+    /// those paths. Every other path always echoes.
+    pub pix_api: bool,
 }
 
 impl Default for PspSettings {
@@ -54,6 +57,7 @@ impl Default for PspSettings {
             auth: ClientAuth::Post,
             token_ttl: Duration::from_secs(300),
             token_status: StatusCode::OK,
+            pix_api: false,
         }
     }
 }
@@ -92,6 +96,7 @@ struct State {
     reject_next: AtomicU32,
     api_delay: Mutex<Duration>,
     tokens: Mutex<HashMap<String, Issued>>,
+    cobs: Mutex<HashMap<String, serde_json::Value>>,
     issued: Mutex<Vec<String>>,
     token_certs: Mutex<Vec<String>>,
 }
@@ -142,6 +147,7 @@ impl MockPsp {
             reject_next: AtomicU32::new(0),
             api_delay: Mutex::new(Duration::ZERO),
             tokens: Mutex::new(HashMap::new()),
+            cobs: Mutex::new(HashMap::new()),
             issued: Mutex::new(Vec::new()),
             token_certs: Mutex::new(Vec::new()),
         });
@@ -258,7 +264,7 @@ async fn accept_loop(
     }
 }
 
-fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+pub(super) fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -479,6 +485,21 @@ async fn api(state: &State, cert: &str, req: Request<Incoming>) -> Response<Full
             HeaderValue::from_static("Bearer error=\"invalid_token\""),
         );
         return resp;
+    }
+    if state.settings.lock().unwrap().pix_api {
+        if let Some(resp) = super::pix::route(&state.cobs, req.method(), req.uri()) {
+            let (parts, body) = req.into_parts();
+            let body = http_body_util::Limited::new(body, 64 * 1024)
+                .collect()
+                .await;
+            return match body {
+                Ok(b) => resp(&parts, &b.to_bytes()),
+                Err(_) => json(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    serde_json::json!({"error": "body"}),
+                ),
+            };
+        }
     }
     let (parts, mut body) = req.into_parts();
     let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);

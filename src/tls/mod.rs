@@ -238,9 +238,15 @@ impl rustls::client::ResolvesClientCert for SingleCert {
     }
 }
 
-/// Trust anchors: the system store plus the PEM certificates in `extra_ca`.
-pub fn root_store(extra_ca: Option<&Path>) -> Result<RootCertStore, TlsError> {
+/// Trust anchors: the system store plus the PEM certificates in `extra_ca` plus `extra`.
+pub fn root_store(
+    extra_ca: Option<&Path>,
+    extra: &[CertificateDer<'static>],
+) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
+    for cert in extra {
+        roots.add(cert.clone())?;
+    }
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
         // A broken system certificate is not our user's problem; skip it.

@@ -234,3 +234,31 @@ async fn binary_serves_with_env_secret_and_json_logs_then_sigterm_drains_and_exi
         );
     }
 }
+
+#[test]
+fn every_flag_in_help_is_documented_in_the_readme() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for sub in [&["--help"][..], &["demo", "--help"][..]] {
+        let out = Command::new(BIN).args(sub).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        let flags: Vec<&str> = help
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']')
+            .filter(|w| {
+                w.starts_with("--")
+                    && w.len() > 2
+                    && w[2..]
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c == '-' || c.is_ascii_digit())
+            })
+            .filter(|w| !matches!(*w, "--help" | "--version"))
+            .collect();
+        assert!(flags.len() >= 5, "{sub:?}: parsed flags {flags:?}");
+        for flag in flags {
+            assert!(
+                readme.contains(&format!("`{flag}`")),
+                "{flag} (from {sub:?}) is not in README.md"
+            );
+        }
+    }
+}

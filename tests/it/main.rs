@@ -4,5 +4,6 @@
 mod support;
 
 mod binary;
+mod demo;
 mod proxy;
 mod token;

@@ -216,3 +216,75 @@ async fn psp_errors_pass_through_unchanged() {
     );
     assert_eq!(got.json()["title"], "Não Autorizado");
 }
+
+/// Convert a PKCS#8 PEM key to the "traditional" format: PKCS#1 for RSA, SEC1 for EC.
+fn traditional(pkcs8_pem: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["pkey", "-traditional"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl is installed (.ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(pkcs8_pem.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn identity_from_each_pem_key_format_serves_requests() {
+    let env = Env::new().await;
+    let ec = env.pki.client("ec-client").unwrap();
+    let rsa = env.pki.client_rsa("rsa-client").unwrap();
+    let cases = [
+        (
+            "PKCS#8 EC",
+            &ec,
+            ec.key_pem.clone(),
+            "-----BEGIN PRIVATE KEY-----",
+        ),
+        (
+            "SEC1 EC",
+            &ec,
+            traditional(&ec.key_pem),
+            "-----BEGIN EC PRIVATE KEY-----",
+        ),
+        (
+            "PKCS#8 RSA",
+            &rsa,
+            rsa.key_pem.clone(),
+            "-----BEGIN PRIVATE KEY-----",
+        ),
+        (
+            "PKCS#1 RSA",
+            &rsa,
+            traditional(&rsa.key_pem),
+            "-----BEGIN RSA PRIVATE KEY-----",
+        ),
+    ];
+    for (name, leaf, key_pem, header) in cases {
+        assert!(key_pem.starts_with(header), "{name}: {key_pem}");
+        let file = name.replace(['#', ' '], "_");
+        env.write(&format!("{file}.crt"), leaf.cert_pem.as_bytes());
+        env.write(&format!("{file}.key"), key_pem.as_bytes());
+        let sidecar = env
+            .sidecar(&[
+                "--cert",
+                &env.p(&format!("{file}.crt")),
+                "--key",
+                &env.p(&format!("{file}.key")),
+            ])
+            .await;
+        let got = get(&sidecar.url("/cob/fmt")).await;
+        assert_eq!(got.status, 200, "{name}: {:?}", got.body);
+        let expected =
+            pix_auth_proxy::telemetry::hex(&pix_auth_proxy::tls::sha256(leaf.cert_der.as_ref()));
+        assert_eq!(got.json()["client_cert_sha256"], expected, "{name}");
+    }
+}

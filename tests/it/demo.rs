@@ -1,0 +1,139 @@
+//! `pix-auth-proxy demo` as a newcomer runs it: start it, paste the printed curl lines,
+//! Ctrl-C.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use http::{Method, Request};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pix-auth-proxy");
+
+/// A `curl` line of the banner, as method, URL, headers and body.
+struct Curl {
+    method: Method,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Option<String>,
+}
+
+fn parse_curl(line: &str) -> Curl {
+    let words = shlex::split(line).expect("the curl line is valid shell");
+    assert_eq!(words[0], "curl");
+    let mut c = Curl {
+        method: Method::GET,
+        url: String::new(),
+        headers: vec![],
+        body: None,
+    };
+    let mut it = words.into_iter().skip(1);
+    while let Some(w) = it.next() {
+        match w.as_str() {
+            "-s" => {}
+            "-X" => c.method = it.next().unwrap().parse().unwrap(),
+            "-H" => {
+                let h = it.next().unwrap();
+                let (k, v) = h.split_once(':').unwrap();
+                c.headers.push((k.trim().into(), v.trim().into()));
+            }
+            "-d" => c.body = Some(it.next().unwrap()),
+            url => c.url = url.into(),
+        }
+    }
+    c
+}
+
+#[tokio::test]
+async fn demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c() {
+    let port = bind().await.local_addr().unwrap().port();
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--demo-token-ttl",
+            "3s",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut buf).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut curls = Vec::new();
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await
+    {
+        if let Some(cmd) = line.trim_start().strip_prefix("curl ") {
+            curls.push(parse_curl(&format!("curl {cmd}")));
+        }
+        if line.contains("Ctrl-C stops") {
+            break;
+        }
+    }
+    assert!(curls.len() >= 4, "the banner prints the curl lines");
+    let client = http_client();
+    for c in &curls {
+        assert!(
+            c.url.starts_with(&format!("http://127.0.0.1:{port}/")),
+            "{}",
+            c.url
+        );
+        let mut req = Request::builder().method(c.method.clone()).uri(&c.url);
+        for (k, v) in &c.headers {
+            req = req.header(k, v);
+        }
+        let got = send(
+            &client,
+            req.body(full(c.body.clone().unwrap_or_default())).unwrap(),
+        )
+        .await;
+        assert!(
+            got.status.is_success(),
+            "{} {}: {} {}",
+            c.method,
+            c.url,
+            got.status,
+            String::from_utf8_lossy(&got.body)
+        );
+        if c.method == Method::PUT {
+            assert_eq!(got.status, 201);
+            assert_eq!(got.json()["status"], "ATIVA");
+        }
+        if c.url.ends_with("/echo") {
+            assert!(
+                got.upstream_authorization().starts_with("Bearer ey"),
+                "the mock PSP accepted a bearer"
+            );
+        }
+    }
+    // Renewals happen while it runs (3 s tokens).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = child.id().unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("demo exits")
+        .unwrap();
+    let logs = logs.await.unwrap();
+    assert_eq!(status.code(), Some(0), "{logs}");
+    assert!(
+        logs.matches("token_renewed").count() >= 2,
+        "renewals are logged: {logs}"
+    );
+}
