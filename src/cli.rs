@@ -50,6 +50,14 @@ pub struct DemoArgs {
     #[arg(long, env = "PIX_AUTH_PROXY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Health and metrics listener of the demo sidecar.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin_listen: SocketAddr,
+
     /// Lifetime of the mock PSP's tokens (short, to watch renewals).
     #[arg(long, env = "PIX_AUTH_PROXY_DEMO_TOKEN_TTL", default_value = "30s", value_parser = duration)]
     pub demo_token_ttl: Duration,
@@ -82,6 +90,15 @@ pub struct RunArgs {
     /// App-facing plaintext listener. A non-loopback address needs --allow-non-loopback.
     #[arg(long, env = "PIX_AUTH_PROXY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Health and metrics listener (/livez, /readyz, /metrics); in Kubernetes use 0.0.0.0:9090
+    /// so the kubelet can probe it. It serves no secrets.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin_listen: SocketAddr,
 
     /// Allow --listen on a non-loopback address (anyone who reaches it can use your token).
     #[arg(long, env = "PIX_AUTH_PROXY_ALLOW_NON_LOOPBACK")]
@@ -155,9 +172,25 @@ pub struct RunArgs {
     #[arg(long, env = "PIX_AUTH_PROXY_TOKEN_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub token_timeout: Duration,
 
-    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    /// On SIGTERM/SIGINT, keep serving this long with /readyz at 503 before draining.
+    #[arg(long, env = "PIX_AUTH_PROXY_SHUTDOWN_DELAY", default_value = "5s", value_parser = duration)]
+    pub shutdown_delay: Duration,
+
+    /// Then, how long in-flight requests may take to finish.
     #[arg(long, env = "PIX_AUTH_PROXY_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub shutdown_timeout: Duration,
+
+    /// Connections from the app served at once (further ones wait).
+    #[arg(long, env = "PIX_AUTH_PROXY_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Time a client may take to send a request's headers (slow clients are cut off).
+    #[arg(long, env = "PIX_AUTH_PROXY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_read_timeout: Duration,
+
+    /// Largest request head accepted from the app, in bytes.
+    #[arg(long, env = "PIX_AUTH_PROXY_MAX_HEADER_BYTES", default_value_t = 65536)]
+    pub max_header_bytes: usize,
 
     /// Log format.
     #[arg(

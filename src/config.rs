@@ -102,6 +102,10 @@ impl IdentitySource {
 pub struct Config {
     /// App-facing listener address.
     pub listen: SocketAddr,
+    /// Admin listener address (`/livez`, `/readyz`, `/metrics`).
+    pub admin_listen: Option<SocketAddr>,
+    /// After a stop signal, how long to keep serving with readiness at 503.
+    pub shutdown_delay: Duration,
     /// API base URL (https).
     pub upstream: Uri,
     /// The token request (URL, credentials, dialect).
@@ -141,6 +145,8 @@ impl Config {
     ) -> Self {
         Config {
             listen,
+            admin_listen: None,
+            shutdown_delay: Duration::ZERO,
             upstream,
             token,
             identity,
@@ -257,9 +263,21 @@ impl Config {
         positive("--connect-timeout", args.connect_timeout)?;
         positive("--request-timeout", args.request_timeout)?;
         positive("--token-timeout", args.token_timeout)?;
+        positive("--header-read-timeout", args.header_read_timeout)?;
+        if args.max_connections == 0 {
+            return Err(err("--max-connections", "must be at least 1"));
+        }
+        if !(1024..=1024 * 1024).contains(&args.max_header_bytes) {
+            return Err(err(
+                "--max-header-bytes",
+                format!("{} is outside 1024..=1048576", args.max_header_bytes),
+            ));
+        }
 
         Ok(Config {
             listen: args.listen,
+            admin_listen: Some(args.admin_listen),
+            shutdown_delay: args.shutdown_delay,
             upstream,
             token: TokenRequest {
                 url: token_url,
@@ -289,7 +307,9 @@ impl Config {
             },
             server: ServerOptions {
                 drain_timeout: args.shutdown_timeout,
-                ..ServerOptions::default()
+                header_read_timeout: args.header_read_timeout,
+                max_connections: args.max_connections,
+                max_header_bytes: args.max_header_bytes,
             },
             token_timeout: args.token_timeout,
             log_format: args.log_format,

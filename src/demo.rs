@@ -59,6 +59,7 @@ pub struct Demo {
     psp: MockPsp,
     sidecar: Sidecar,
     listener: TcpListener,
+    admin: Option<TcpListener>,
     banner: String,
 }
 
@@ -72,7 +73,11 @@ impl std::fmt::Debug for Demo {
 
 impl Demo {
     /// Build the sandbox and the sidecar; the sidecar will serve on `listener`.
-    pub async fn start(listener: TcpListener, opts: DemoOptions) -> Result<Self, DemoError> {
+    pub async fn start(
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        opts: DemoOptions,
+    ) -> Result<Self, DemoError> {
         let pki = Pki::new("pix-auth-proxy demo CA")?;
         let server = pki.server()?;
         let client = pki.client("demo-client.pix-auth-proxy.local")?;
@@ -132,8 +137,10 @@ impl Demo {
         config.extra_roots.push(pki.ca_der().clone());
         config.refresh.expiry_margin = Duration::from_secs(5);
         let sidecar = Sidecar::new(config)?;
+        let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         let banner = banner(
             local,
+            admin_addr,
             &psp,
             &settings,
             opts.token_ttl,
@@ -143,6 +150,7 @@ impl Demo {
             psp,
             sidecar,
             listener,
+            admin,
             banner,
         })
     }
@@ -154,7 +162,7 @@ impl Demo {
 
     /// Serve until `shutdown`, then drain and stop the mock PSP.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> bool {
-        let drained = self.sidecar.run(self.listener, shutdown).await;
+        let drained = self.sidecar.run(self.listener, self.admin, shutdown).await;
         drop(self.psp);
         drained
     }
@@ -201,6 +209,7 @@ const DEMO_TXID: &str = "DEMO0000000000000000000000001";
 
 fn banner(
     local: SocketAddr,
+    admin: Option<SocketAddr>,
     psp: &MockPsp,
     settings: &PspSettings,
     ttl: Duration,
@@ -231,9 +240,13 @@ Try it:
   curl -s {app}/cob/{txid}
   curl -s '{app}/pix?inicio=2026-01-01T00:00:00Z&fim=2026-12-31T23:59:59Z'
   curl -s {app}/echo
-
+{admin}
 Ctrl-C stops.
 ",
+        admin = match admin {
+            Some(a) => format!("\nHealth and metrics:\n  curl -s http://{a}/readyz\n  curl -s http://{a}/metrics\n"),
+            None => String::new(),
+        },
         psp_url = psp.url(),
         token_url = psp.token_url(),
         ttl = ttl.as_secs(),

@@ -19,10 +19,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod proxy;
 pub mod sandbox;
 pub mod server;

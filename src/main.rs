@@ -60,6 +60,7 @@ fn run(args: RunArgs) -> ExitCode {
         tracing::warn!(event = "insecure_file_mode", "{w}");
     }
     let listen = config.listen;
+    let admin_listen = config.admin_listen;
     let sidecar = match Sidecar::new(config) {
         Ok(s) => s,
         Err(e) => return bad_input(&e),
@@ -73,7 +74,14 @@ fn run(args: RunArgs) -> ExitCode {
             Ok(l) => l,
             Err(e) => return bad_input(&format!("--listen {listen}: {e}")),
         };
-        sidecar.run(listener, shutdown_signal()).await;
+        let admin = match admin_listen {
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => return bad_input(&format!("--admin-listen {addr}: {e}")),
+            },
+            None => None,
+        };
+        sidecar.run(listener, admin, shutdown_signal()).await;
         tracing::info!(event = "stopped", "pix-auth-proxy stopped");
         ExitCode::SUCCESS
     })
@@ -92,11 +100,15 @@ fn demo(args: DemoArgs) -> ExitCode {
             Ok(l) => l,
             Err(e) => return bad_input(&format!("--listen {}: {e}", args.listen)),
         };
+        let admin = match tokio::net::TcpListener::bind(args.admin_listen).await {
+            Ok(l) => l,
+            Err(e) => return bad_input(&format!("--admin-listen {}: {e}", args.admin_listen)),
+        };
         let opts = DemoOptions {
             token_ttl: args.demo_token_ttl.max(Duration::from_secs(2)),
             write_certs: args.write_certs,
         };
-        let demo = match Demo::start(listener, opts).await {
+        let demo = match Demo::start(listener, Some(admin), opts).await {
             Ok(d) => d,
             Err(e) => return bad_input(&e),
         };

@@ -8,12 +8,17 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use http::uri::Authority;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
+use crate::admin::{Admin, Health};
 use crate::config::{Config, IdentitySource};
+use crate::metrics::Metrics;
 use crate::proxy::{Proxy, UpstreamTarget};
+use crate::server::ServerOptions;
 use crate::tls::{Identity, TlsError};
 use crate::token::{Refresher, RefresherHandle, TokenCell, TokenClient};
 
@@ -67,6 +72,8 @@ pub struct Sidecar {
     refresher: Refresher,
     handle: RefresherHandle,
     upstream_client: crate::proxy::UpstreamClient,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for Sidecar {
@@ -77,6 +84,9 @@ impl std::fmt::Debug for Sidecar {
             .finish_non_exhaustive()
     }
 }
+
+/// Days of certificate validity below which start-up warns.
+const CERT_WARN_DAYS: u64 = 30;
 
 impl Sidecar {
     /// Load the identity and trust anchors and build the clients. Fails on any bad input.
@@ -95,8 +105,15 @@ impl Sidecar {
         // carry other timeouts.
         let token_http = crate::client::https_client(tls, &config.client);
         let token_client = TokenClient::new(token_http, config.token.clone(), config.token_timeout);
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_cert_expiry(identity.info().not_after);
         let cell = TokenCell::new();
-        let refresher = Refresher::new(token_client, cell.clone(), config.refresh.clone());
+        let refresher = Refresher::new(
+            token_client,
+            cell.clone(),
+            config.refresh.clone(),
+            metrics.clone(),
+        );
         let handle = refresher.handle();
         Ok(Self {
             identity,
@@ -104,6 +121,8 @@ impl Sidecar {
             refresher,
             handle,
             upstream_client,
+            metrics,
+            health: Arc::new(Health::new()),
             config,
         })
     }
@@ -118,19 +137,38 @@ impl Sidecar {
         self.handle.clone()
     }
 
+    /// The metrics registry.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// The readiness latch.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
     /// The loaded client identity.
     pub fn identity(&self) -> &Identity {
         &self.identity
     }
 
-    /// Start the refresher and serve on `listener` until `shutdown` resolves; then stop
-    /// accepting and drain in-flight requests up to the drain timeout. Returns whether the
-    /// drain completed in time.
-    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> bool {
+    /// Start the refresher, serve the app on `listener` and the admin routes on `admin`,
+    /// until `shutdown` resolves. Then readiness turns 503 at once, the app listener keeps
+    /// serving for the shutdown delay (so endpoints controllers catch up), stops accepting,
+    /// and drains in-flight requests up to the drain timeout. Returns whether the drain
+    /// completed in time.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> bool {
         let info = self.identity.info();
+        let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(
             event = "starting",
-            listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            listen = %addr(&listener),
+            admin = %admin.as_ref().map(addr).unwrap_or_else(|| "off".into()),
             upstream = %self.config.upstream,
             token_url = %self.config.token.url,
             client_id = %self.config.token.client_id,
@@ -138,6 +176,15 @@ impl Sidecar {
             cert_not_after = %crate::tls::rfc3339(info.not_after),
             "pix-auth-proxy starting"
         );
+        let left = info.time_left(SystemTime::now());
+        if left < Duration::from_secs(CERT_WARN_DAYS * 86_400) {
+            tracing::warn!(
+                event = "client_cert_near_expiry",
+                days_left = left.as_secs() / 86_400,
+                not_after = %crate::tls::rfc3339(info.not_after),
+                "the client certificate expires soon: renew it with the PSP"
+            );
+        }
         let target = UpstreamTarget::new(&self.config.upstream)
             .expect("config guarantees an absolute upstream URL");
         let mut own = Vec::new();
@@ -153,18 +200,72 @@ impl Sidecar {
             target,
             own,
             self.upstream_client,
-            self.cell,
+            self.cell.clone(),
             self.handle,
+            self.metrics.clone(),
             self.config.proxy.clone(),
         );
         let refresher = tokio::spawn(self.refresher.run());
-        let handler = move |req| {
+
+        let (admin_stop, admin_task) = match admin {
+            Some(l) => {
+                let state = Admin {
+                    health: self.health.clone(),
+                    metrics: self.metrics.clone(),
+                    cell: self.cell.clone(),
+                };
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                let handler = move |req: http::Request<hyper::body::Incoming>| {
+                    let resp = state.handle(&req);
+                    async move { resp }
+                };
+                let opts = ServerOptions {
+                    drain_timeout: Duration::from_secs(1),
+                    max_connections: 64,
+                    ..ServerOptions::default()
+                };
+                let task = tokio::spawn(crate::server::serve(l, handler, opts, async {
+                    let _ = rx.await;
+                }));
+                (Some(tx), Some(task))
+            }
+            None => (None, None),
+        };
+
+        let metrics = self.metrics.clone();
+        let handler = move |req: http::Request<hyper::body::Incoming>| {
             let proxy = proxy.clone();
-            async move { proxy.handle(req).await }
+            let metrics = metrics.clone();
+            async move {
+                let started = Instant::now();
+                let resp = proxy.handle(req).await;
+                metrics.request(resp.status().as_u16(), started.elapsed());
+                resp
+            }
+        };
+        let health = self.health.clone();
+        let delay = self.config.shutdown_delay;
+        let app_shutdown = async move {
+            shutdown.await;
+            health.begin_shutdown();
+            if !delay.is_zero() {
+                tracing::info!(
+                    event = "shutdown_delay",
+                    delay_s = delay.as_secs_f64(),
+                    "readiness is now 503; still serving while endpoints update"
+                );
+                tokio::time::sleep(delay).await;
+            }
         };
         let drained =
-            crate::server::serve(listener, handler, self.config.server.clone(), shutdown).await;
+            crate::server::serve(listener, handler, self.config.server.clone(), app_shutdown).await;
         refresher.abort();
+        if let Some(tx) = admin_stop {
+            let _ = tx.send(());
+        }
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
         drained
     }
 }

@@ -23,6 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
 
+use crate::metrics::Metrics;
 use crate::token::{RefresherHandle, TokenCell};
 pub use problem::ProblemKind;
 pub use rewrite::UpstreamTarget;
@@ -124,6 +125,7 @@ struct Inner {
     client: UpstreamClient,
     cell: TokenCell,
     refresher: RefresherHandle,
+    metrics: Arc<Metrics>,
     opts: ProxyOptions,
 }
 
@@ -169,6 +171,7 @@ impl Proxy {
         client: UpstreamClient,
         cell: TokenCell,
         refresher: RefresherHandle,
+        metrics: Arc<Metrics>,
         opts: ProxyOptions,
     ) -> Self {
         Self {
@@ -178,6 +181,7 @@ impl Proxy {
                 client,
                 cell,
                 refresher,
+                metrics,
                 opts,
             }),
         }
@@ -190,6 +194,7 @@ impl Proxy {
             Ok(resp) => resp,
             Err(err) => {
                 let kind = err.kind();
+                self.inner.metrics.upstream_error(kind.slug());
                 match kind {
                     ProblemKind::ForbiddenTarget | ProblemKind::BadRequest => {
                         tracing::info!(event = "request_refused", %method, problem = kind.slug(), error = %err)
@@ -246,6 +251,7 @@ impl Proxy {
                 let resp = self.send(out.request(auth, Either::Right(stream))).await?;
                 if resp.status() == StatusCode::UNAUTHORIZED {
                     // Cannot replay a streamed body: pass the 401 through, but renew.
+                    inner.metrics.unauthorized();
                     inner.refresher.report_rejected(version);
                 }
                 Ok(finish(resp))
@@ -256,6 +262,7 @@ impl Proxy {
                 if resp.status() != StatusCode::UNAUTHORIZED {
                     return Ok(finish(resp));
                 }
+                inner.metrics.unauthorized();
                 inner.refresher.report_rejected(version);
                 let Some((auth, new_version)) =
                     inner.cell.wait_usable(version, inner.opts.token_wait).await

@@ -29,6 +29,7 @@ pub struct Token {
     version: u64,
     expires_at: Instant,
     usable_until: Instant,
+    expires_at_wall: std::time::SystemTime,
     lifetime: Duration,
     fingerprint: String,
 }
@@ -57,10 +58,14 @@ impl Token {
         let mut header = HeaderValue::try_from(format!("Bearer {access_token}"))?;
         header.set_sensitive(true);
         let expires_at = sent_at + lifetime;
+        // Wall-clock expiry for metrics and the shared cache; the monotonic one decides.
+        let expires_at_wall =
+            std::time::SystemTime::now() + expires_at.saturating_duration_since(Instant::now());
         Ok(Self {
             header,
             version,
             expires_at,
+            expires_at_wall,
             usable_until: expires_at.checked_sub(margin).unwrap_or(sent_at),
             lifetime,
             fingerprint: crate::telemetry::fingerprint(access_token.as_bytes()),
@@ -80,6 +85,11 @@ impl Token {
     /// When the PSP considers the token expired.
     pub fn expires_at(&self) -> Instant {
         self.expires_at
+    }
+
+    /// Wall-clock expiry (for metrics and logs only).
+    pub fn expires_at_wall(&self) -> std::time::SystemTime {
+        self.expires_at_wall
     }
 
     /// The last instant at which the token may be injected (`expires_at − margin`).

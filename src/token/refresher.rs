@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{Token, TokenCell, TokenClient};
+use crate::metrics::Metrics;
 
 /// When and how often the refresher renews.
 #[derive(Debug, Clone)]
@@ -122,17 +123,24 @@ pub struct Refresher {
     cell: TokenCell,
     policy: RefreshPolicy,
     shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
     next_version: u64,
 }
 
 impl Refresher {
     /// A refresher writing into `cell`.
-    pub fn new(client: TokenClient, cell: TokenCell, policy: RefreshPolicy) -> Self {
+    pub fn new(
+        client: TokenClient,
+        cell: TokenCell,
+        policy: RefreshPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             client,
             cell,
             policy,
             shared: Arc::default(),
+            metrics,
             next_version: 1,
         }
     }
@@ -150,6 +158,7 @@ impl Refresher {
         let mut next_at = Instant::now();
         let mut failures: u32 = 0;
         let mut last_forced: Option<Instant> = None;
+        let mut reason = "initial";
         loop {
             let forced = tokio::select! {
                 _ = tokio::time::sleep_until(next_at) => false,
@@ -165,7 +174,9 @@ impl Refresher {
                 }
             };
             if forced {
+                reason = "forced";
                 last_forced = Some(Instant::now());
+                self.metrics.forced_refresh();
                 self.shared.stats.forced.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     event = "token_forced_refresh",
@@ -209,12 +220,18 @@ impl Refresher {
                         "new access token"
                     );
                     self.shared.stats.fetch_ok.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.token_fetched(token.expires_at_wall(), reason);
                     self.cell.store(token);
                     next_at = granted.sent_at + delay;
+                    reason = "scheduled";
                 }
                 Err(err) => {
                     failures += 1;
                     self.shared.stats.fetch_err.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.token_fetch_failed(err.reason());
+                    if reason == "scheduled" {
+                        reason = "retry";
+                    }
                     let now = Instant::now();
                     let mut delay = backoff(
                         failures,
@@ -240,6 +257,7 @@ impl Refresher {
                         kept_token = kept.as_deref().unwrap_or("none"),
                         "token request failed"
                     );
+                    self.metrics.set_token_valid(usable.is_some());
                     if usable.is_none() && current.is_some() {
                         tracing::error!(
                             event = "token_expired",

@@ -48,11 +48,14 @@ fn parse_curl(line: &str) -> Curl {
 #[tokio::test]
 async fn demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c() {
     let port = bind().await.local_addr().unwrap().port();
+    let admin_port = bind().await.local_addr().unwrap().port();
     let mut child = tokio::process::Command::new(BIN)
         .args([
             "demo",
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin_port}"),
             "--demo-token-ttl",
             "3s",
         ])
@@ -80,14 +83,14 @@ async fn demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c() {
             break;
         }
     }
-    assert!(curls.len() >= 4, "the banner prints the curl lines");
+    assert!(curls.len() >= 6, "the banner prints the curl lines");
     let client = http_client();
     for c in &curls {
-        assert!(
-            c.url.starts_with(&format!("http://127.0.0.1:{port}/")),
-            "{}",
-            c.url
-        );
+        let app = c.url.starts_with(&format!("http://127.0.0.1:{port}/"));
+        let admin = c
+            .url
+            .starts_with(&format!("http://127.0.0.1:{admin_port}/"));
+        assert!(app || admin, "{}", c.url);
         let mut req = Request::builder().method(c.method.clone()).uri(&c.url);
         for (k, v) in &c.headers {
             req = req.header(k, v);

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admin;
 mod binary;
 mod demo;
 mod proxy;

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use http::Request;
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::body::Chunks;
 use crate::support::*;
@@ -111,14 +110,6 @@ async fn h2c_app_and_h2_upstream_work_and_http1_only_forces_http1() {
     let got = get(&h1.url("/cob/abc")).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.json()["version"], "HTTP/1.1");
-}
-
-async fn raw_http1(addr: std::net::SocketAddr, request: &str) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test]

@@ -16,8 +16,9 @@ impl Write for Tee {
             .lock()
             .unwrap()
             .extend_from_slice(buf);
-        // Keep the lines visible in the test's captured output too.
-        std::io::stderr().write_all(buf)?;
+        // Keep the lines in the test's output: `eprint!` (unlike writing to the stderr
+        // handle) is captured by the test harness and shown only for failing tests.
+        eprint!("{}", String::from_utf8_lossy(buf));
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {

@@ -130,6 +130,7 @@ impl Env {
         let mut config = Config::from_args(&args, None).expect("config valid");
         config.refresh.backoff_base = Duration::from_millis(100);
         config.refresh.backoff_max = Duration::from_millis(500);
+        config.shutdown_delay = Duration::ZERO;
         config
     }
 
@@ -157,6 +158,9 @@ impl Env {
 /// A sidecar running in this process on a free port.
 pub struct Running {
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: std::sync::Arc<pix_auth_proxy::metrics::Metrics>,
+    pub health: std::sync::Arc<pix_auth_proxy::admin::Health>,
     pub cell: TokenCell,
     pub refresher: RefresherHandle,
     stop: Option<oneshot::Sender<()>>,
@@ -168,14 +172,21 @@ impl Running {
         let sidecar = Sidecar::new(config).expect("sidecar starts");
         let listener = bind().await;
         let addr = listener.local_addr().unwrap();
+        let admin_listener = bind().await;
+        let admin = admin_listener.local_addr().unwrap();
         let cell = sidecar.token_cell();
         let refresher = sidecar.refresher();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(sidecar.run(listener, async {
+        let metrics = sidecar.metrics();
+        let health = sidecar.health();
+        let task = tokio::spawn(sidecar.run(listener, Some(admin_listener), async {
             let _ = rx.await;
         }));
         Running {
             addr,
+            admin,
+            metrics,
+            health,
             cell,
             refresher,
             stop: Some(tx),
@@ -185,6 +196,10 @@ impl Running {
 
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
     }
 
     /// Wait until the sidecar holds a token.
@@ -308,4 +323,35 @@ pub fn assert_problem(got: &Got, status: u16, slug: &str) {
     );
     assert_eq!(v["status"], status);
     assert!(v["title"].as_str().is_some_and(|t| !t.is_empty()));
+}
+
+/// Send raw bytes as an HTTP/1.1 request and read the response head (and whatever body
+/// arrived) as text.
+pub async fn raw_http1(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => break,
+        };
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out);
+        // Stop once the head and a Content-Length body are complete.
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let len = text[..head_end].lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+            });
+            if out.len() >= head_end + 4 + len.unwrap_or(0) {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
