@@ -109,6 +109,8 @@ impl Admin {
             "/metrics" => {
                 self.metrics
                     .set_token_valid(self.cell.usable(Instant::now()).is_some());
+                self.metrics
+                    .set_ready(self.health.readiness(&self.cell).is_ok());
                 text(
                     StatusCode::OK,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -33,6 +33,7 @@ pub struct Metrics {
     token_fetch: Family<Labels2, Counter>,
     token_expiry: Gauge<f64, AtomicU64>,
     token_valid: Gauge,
+    ready: Gauge,
     unauthorized: Counter,
     forced_refresh: Counter,
     cache_ops: Family<Labels2, Counter>,
@@ -100,6 +101,12 @@ impl Metrics {
             "1 if a usable token is held, else 0",
             token_valid.clone(),
         );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 if /readyz answers 200 (token and identity loaded, not shutting down)",
+            ready.clone(),
+        );
         let unauthorized = Counter::default();
         registry.register(
             "upstream_unauthorized",
@@ -150,6 +157,7 @@ impl Metrics {
             token_fetch,
             token_expiry,
             token_valid,
+            ready,
             unauthorized,
             forced_refresh,
             cache_ops,
@@ -213,6 +221,11 @@ impl Metrics {
     /// Whether a usable token is held (set by the refresher and at scrape time).
     pub fn set_token_valid(&self, valid: bool) {
         self.token_valid.set(i64::from(valid));
+    }
+
+    /// Readiness as `/readyz` would answer now (set at scrape time).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     /// A 401 from the PSP.

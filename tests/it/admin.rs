@@ -65,6 +65,7 @@ async fn metrics_parse_and_move_after_requests_a_token_failure_and_a_401() {
         &get(&sidecar.admin_url("/metrics")).await.body,
     ));
     assert_eq!(value(&before, "pix_auth_proxy_token_valid", &[]), 1.0);
+    assert_eq!(value(&before, "pix_auth_proxy_ready", &[]), 1.0);
     assert_eq!(
         value(
             &before,
