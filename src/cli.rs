@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use secrecy::SecretString;
 
 use crate::telemetry::LogFormat;
 use crate::token::endpoint::{ClientAuth, TokenEncoding};
@@ -78,6 +79,10 @@ pub struct DemoArgs {
     /// Log filter (e.g. info, debug). Default: RUST_LOG, else info.
     #[arg(long, env = "PIX_AUTH_PROXY_LOG_LEVEL")]
     pub log_level: Option<String>,
+}
+
+fn secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s.to_owned()))
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -151,6 +156,43 @@ pub struct RunArgs {
     /// Never negotiate HTTP/2 with the PSP.
     #[arg(long, env = "PIX_AUTH_PROXY_UPSTREAM_HTTP1_ONLY")]
     pub upstream_http1_only: bool,
+
+    /// Shared token cache for many replicas: redis:// or rediss:// URL (may hold the password;
+    /// prefer the env variable from a Secret). Requires --cache-key-file.
+    #[arg(long, env = "PIX_AUTH_PROXY_CACHE", hide_env_values = true, value_parser = secret)]
+    pub cache: Option<SecretString>,
+
+    /// 32-byte key (raw or Base64) encrypting cached tokens; the same on every replica.
+    #[arg(long, env = "PIX_AUTH_PROXY_CACHE_KEY_FILE")]
+    pub cache_key_file: Option<PathBuf>,
+
+    /// File holding the Redis password (instead of putting it in the URL).
+    #[arg(long, env = "PIX_AUTH_PROXY_CACHE_PASSWORD_FILE")]
+    pub cache_password_file: Option<PathBuf>,
+
+    /// PEM CA for a rediss:// cache (default: system roots).
+    #[arg(long, env = "PIX_AUTH_PROXY_CACHE_CA")]
+    pub cache_ca: Option<PathBuf>,
+
+    /// PEM client certificate for a rediss:// cache that requires one.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_CLIENT_CERT",
+        requires = "cache_client_key"
+    )]
+    pub cache_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --cache-client-cert.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_CLIENT_KEY",
+        requires = "cache_client_cert"
+    )]
+    pub cache_client_key: Option<PathBuf>,
+
+    /// Bound on every call to the shared cache; past it the sidecar fetches locally.
+    #[arg(long, env = "PIX_AUTH_PROXY_CACHE_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    pub cache_timeout: Duration,
 
     /// Start renewing at this fraction of the token lifetime (±10% jitter).
     #[arg(long, env = "PIX_AUTH_PROXY_REFRESH_RATIO", default_value_t = 0.66)]

@@ -21,6 +21,7 @@ use crate::server::ServerOptions;
 use crate::telemetry::LogFormat;
 use crate::tls::{Identity, TlsError};
 use crate::token::RefreshPolicy;
+use crate::token::cache::{CacheConfig, CacheKey};
 use crate::token::endpoint::{ClientAuth, TokenEncoding, TokenRequest};
 
 /// A PSP preset: defaults for the URLs and the token-request dialect.
@@ -126,6 +127,8 @@ pub struct Config {
     pub server: ServerOptions,
     /// Time allowed for a token request.
     pub token_timeout: Duration,
+    /// The shared token cache, if any.
+    pub cache: Option<CacheConfig>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter, if given by flag.
@@ -157,6 +160,7 @@ impl Config {
             proxy: ProxyOptions::default(),
             server: ServerOptions::default(),
             token_timeout: Duration::from_secs(10),
+            cache: None,
             log_format: LogFormat::Text,
             log_level: None,
             warnings: Vec::new(),
@@ -254,6 +258,8 @@ impl Config {
             readable_file("--ca", ca)?;
         }
 
+        let cache = cache_config(args, &mut warnings)?;
+
         if !(0.1..=0.95).contains(&args.refresh_ratio) {
             return Err(err(
                 "--refresh-ratio",
@@ -293,6 +299,9 @@ impl Config {
             refresh: RefreshPolicy {
                 ratio: args.refresh_ratio,
                 expiry_margin: args.expiry_margin,
+                // Long enough for a lock holder's whole token request, and for its lock to
+                // expire if it died, before falling back to a local fetch.
+                cache_wait: args.token_timeout * 2 + Duration::from_secs(2),
                 ..RefreshPolicy::default()
             },
             client: ClientOptions {
@@ -312,11 +321,91 @@ impl Config {
                 max_header_bytes: args.max_header_bytes,
             },
             token_timeout: args.token_timeout,
+            cache,
             log_format: args.log_format,
             log_level: args.log_level.clone(),
             warnings,
         })
     }
+}
+
+fn cache_config(
+    args: &RunArgs,
+    warnings: &mut Vec<String>,
+) -> Result<Option<CacheConfig>, ConfigError> {
+    use secrecy::ExposeSecret;
+    let Some(url) = &args.cache else {
+        for (flag, set) in [
+            ("--cache-key-file", args.cache_key_file.is_some()),
+            ("--cache-password-file", args.cache_password_file.is_some()),
+            ("--cache-ca", args.cache_ca.is_some()),
+            ("--cache-client-cert", args.cache_client_cert.is_some()),
+        ] {
+            if set {
+                return Err(err(flag, "only makes sense with --cache"));
+            }
+        }
+        return Ok(None);
+    };
+    let shown = crate::token::cache::redacted_url(url.expose_secret());
+    match url.expose_secret().split_once("://").map(|(s, _)| s) {
+        Some("redis") | Some("rediss") => {}
+        _ => {
+            return Err(err(
+                "--cache",
+                format!("{shown} must be a redis:// or rediss:// URL"),
+            ));
+        }
+    }
+    if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.expose_secret()) {
+        return Err(err(
+            "--cache",
+            format!("{shown} is not a valid Redis URL: {e}"),
+        ));
+    }
+    let key_file = args.cache_key_file.as_ref().ok_or_else(|| {
+        err(
+            "--cache-key-file",
+            "is required with --cache: cached tokens are always encrypted",
+        )
+    })?;
+    readable_file("--cache-key-file", key_file)?;
+    let key = CacheKey::from_file(key_file).map_err(|e| err("--cache-key-file", e))?;
+    if let Some(w) = permissive_mode(key_file) {
+        warnings.push(format!("--cache-key-file {}: {w}", key_file.display()));
+    }
+    let password = match &args.cache_password_file {
+        Some(p) => Some(read_secret("--cache-password-file", p, warnings)?),
+        None => None,
+    };
+    let tls = url.expose_secret().starts_with("rediss://");
+    if !tls && (args.cache_ca.is_some() || args.cache_client_cert.is_some()) {
+        return Err(err(
+            "--cache-ca",
+            "TLS settings need a rediss:// --cache URL",
+        ));
+    }
+    for (flag, path) in [
+        ("--cache-ca", &args.cache_ca),
+        ("--cache-client-cert", &args.cache_client_cert),
+        ("--cache-client-key", &args.cache_client_key),
+    ] {
+        if let Some(p) = path {
+            readable_file(flag, p)?;
+        }
+    }
+    positive("--cache-timeout", args.cache_timeout)?;
+    Ok(Some(CacheConfig {
+        url: url.clone(),
+        key: Arc::new(key),
+        ca: args.cache_ca.clone(),
+        client_identity: args
+            .cache_client_cert
+            .clone()
+            .zip(args.cache_client_key.clone()),
+        password,
+        op_timeout: args.cache_timeout,
+    }))
 }
 
 fn positive(flag: &'static str, d: Duration) -> Result<(), ConfigError> {

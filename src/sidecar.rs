@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{Proxy, UpstreamTarget};
 use crate::server::ServerOptions;
 use crate::tls::{Identity, TlsError};
+use crate::token::cache::SharedCache;
 use crate::token::{Refresher, RefresherHandle, TokenCell, TokenClient};
 
 /// Why the sidecar cannot start. Displayed as one line naming the flag.
@@ -28,6 +29,9 @@ pub enum StartError {
     /// A flag is unusable.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The shared cache cannot be set up.
+    #[error("--cache: {0}")]
+    Cache(crate::token::cache::CacheError),
     /// The identity or trust anchors cannot be loaded.
     #[error("{flag}: {source}")]
     Tls {
@@ -114,6 +118,22 @@ impl Sidecar {
             config.refresh.clone(),
             metrics.clone(),
         );
+        let refresher = match &config.cache {
+            Some(cache) => {
+                let key = crate::token::cache::cache_key(
+                    &config.token.url.to_string(),
+                    &config.token.client_id,
+                    config.token.scope.as_deref(),
+                    &identity.info().spki_sha256,
+                );
+                // The lock outlives a whole token request, so a slow winner keeps it.
+                let lock_ttl = config.token_timeout + Duration::from_secs(1);
+                let shared = SharedCache::new(cache, key, lock_ttl, metrics.clone())
+                    .map_err(StartError::Cache)?;
+                refresher.with_cache(Arc::new(shared))
+            }
+            None => refresher,
+        };
         let handle = refresher.handle();
         Ok(Self {
             identity,
@@ -172,6 +192,7 @@ impl Sidecar {
             upstream = %self.config.upstream,
             token_url = %self.config.token.url,
             client_id = %self.config.token.client_id,
+            cache = %self.config.cache.as_ref().map(|c| crate::token::cache::redacted_url(secrecy::ExposeSecret::expose_secret(&c.url))).unwrap_or_else(|| "off".into()),
             cert_subject = %info.subject,
             cert_not_after = %crate::tls::rfc3339(info.not_after),
             "pix-auth-proxy starting"

@@ -6,6 +6,7 @@
 //! [`endpoint`] (the OAuth2 client-credentials request and response validation) and
 //! [`refresher`] (the one background task allowed to call the token endpoint).
 
+pub mod cache;
 pub mod endpoint;
 pub mod refresher;
 
@@ -70,6 +71,23 @@ impl Token {
             lifetime,
             fingerprint: crate::telemetry::fingerprint(access_token.as_bytes()),
         })
+    }
+
+    /// Build a token whose expiry is already known as a monotonic instant (adopted from the
+    /// shared cache, or fetched).
+    pub fn with_expiry(
+        access_token: &str,
+        version: u64,
+        expires_at: Instant,
+        lifetime: Duration,
+        margin: Duration,
+    ) -> Result<Self, http::header::InvalidHeaderValue> {
+        let issued = expires_at.checked_sub(lifetime).unwrap_or(expires_at);
+        let mut t = Self::new(access_token, version, issued, lifetime, margin)?;
+        // `issued` may be clamped above; the expiry given is the truth.
+        t.expires_at = expires_at;
+        t.usable_until = expires_at.checked_sub(margin).unwrap_or(issued);
+        Ok(t)
     }
 
     /// The `Authorization: Bearer …` value (sensitive).

@@ -7,13 +7,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use secrecy::ExposeSecret;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Token, TokenCell, TokenClient};
+use super::cache::{CachedToken, Renewal, SharedCache};
+use super::{Token, TokenCell, TokenClient, TokenError};
 use crate::metrics::Metrics;
 
 /// When and how often the refresher renews.
@@ -29,6 +30,9 @@ pub struct RefreshPolicy {
     pub backoff_max: Duration,
     /// Minimum time between two 401-driven renewals.
     pub forced_min_interval: Duration,
+    /// With a shared cache: how long to wait for another replica's renewal before fetching
+    /// locally.
+    pub cache_wait: Duration,
 }
 
 impl Default for RefreshPolicy {
@@ -39,6 +43,7 @@ impl Default for RefreshPolicy {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             forced_min_interval: Duration::from_secs(5),
+            cache_wait: Duration::from_secs(15),
         }
     }
 }
@@ -80,6 +85,8 @@ pub struct RefreshStats {
     pub fetch_err: AtomicU64,
     /// Renewals forced by an upstream 401.
     pub forced: AtomicU64,
+    /// Tokens adopted from the shared cache (no fetch).
+    pub adopted: AtomicU64,
     /// 401s reported by the proxy.
     pub unauthorized: AtomicU64,
 }
@@ -124,6 +131,7 @@ pub struct Refresher {
     policy: RefreshPolicy,
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
+    cache: Option<Arc<SharedCache>>,
     next_version: u64,
 }
 
@@ -141,8 +149,15 @@ impl Refresher {
             policy,
             shared: Arc::default(),
             metrics,
+            cache: None,
             next_version: 1,
         }
+    }
+
+    /// Share tokens with other replicas through `cache`.
+    pub fn with_cache(mut self, cache: Arc<SharedCache>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// The handle the proxy uses to report 401s.
@@ -183,46 +198,70 @@ impl Refresher {
                     "upstream rejected the current token; renewing"
                 );
             }
-            match self.client.fetch().await {
-                Ok(granted) => {
+            let have = if forced {
+                Some(self.shared.rejected.load(Ordering::Acquire))
+            } else {
+                self.cell.current().map(|t| t.version())
+            };
+            match self.obtain(have).await {
+                Ok(got) => {
                     failures = 0;
-                    let margin = effective_margin(granted.lifetime, self.policy.expiry_margin);
-                    let version = self.next_version;
-                    self.next_version += 1;
-                    let token = match Token::new(
-                        granted.access_token.expose_secret(),
-                        version,
-                        granted.sent_at,
-                        granted.lifetime,
+                    let margin = effective_margin(got.lifetime, self.policy.expiry_margin);
+                    self.next_version = self.next_version.max(got.version + 1);
+                    let token = match Token::with_expiry(
+                        got.access_token.expose_secret(),
+                        got.version,
+                        got.expires_at,
+                        got.lifetime,
                         margin,
                     ) {
                         Ok(t) => t,
                         Err(_) => {
-                            // parse_response only lets visible ASCII through, which is always a
-                            // valid header value; keep the old token if that ever changes.
+                            // Only visible ASCII gets here, which is always a valid header
+                            // value; keep the old token if that ever changes.
                             tracing::error!("token could not be turned into a header value");
                             next_at = Instant::now() + self.policy.backoff_base;
                             continue;
                         }
                     };
-                    let delay = refresh_in(
-                        granted.lifetime,
-                        margin,
-                        self.policy.ratio,
-                        fastrand::f64() * 2.0 - 1.0,
-                    );
+                    let now = Instant::now();
+                    let issued = got.expires_at.checked_sub(got.lifetime).unwrap_or(now);
+                    let planned = issued
+                        + refresh_in(
+                            got.lifetime,
+                            margin,
+                            self.policy.ratio,
+                            fastrand::f64() * 2.0 - 1.0,
+                        );
+                    // An adopted token may already be past its refresh point: renew soon, with
+                    // jitter so that replicas do not all try at once.
+                    next_at = planned.max(now + Duration::from_millis(100 + fastrand::u64(0..500)));
+                    let source = if got.adopted {
+                        "shared cache"
+                    } else {
+                        "token endpoint"
+                    };
                     tracing::info!(
-                        event = "token_renewed",
+                        event = if got.adopted {
+                            "token_adopted"
+                        } else {
+                            "token_renewed"
+                        },
                         fingerprint = token.fingerprint(),
-                        version,
-                        expires_in_s = granted.lifetime.as_secs_f64(),
-                        next_refresh_in_s = delay.as_secs_f64(),
+                        version = got.version,
+                        expires_in_s = got.expires_at.saturating_duration_since(now).as_secs_f64(),
+                        next_refresh_in_s = next_at.saturating_duration_since(now).as_secs_f64(),
+                        source,
                         "new access token"
                     );
-                    self.shared.stats.fetch_ok.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.token_fetched(token.expires_at_wall(), reason);
+                    if got.adopted {
+                        self.shared.stats.adopted.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.shared.stats.fetch_ok.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.token_fetched(token.expires_at_wall(), reason);
+                    }
+                    self.metrics.set_token_valid(true);
                     self.cell.store(token);
-                    next_at = granted.sent_at + delay;
                     reason = "scheduled";
                 }
                 Err(err) => {
@@ -270,6 +309,66 @@ impl Refresher {
         }
     }
 
+    /// A token newer than `have`: from the shared cache (adopted, or fetched under its lock
+    /// and shared), or fetched locally when there is no cache or it fails.
+    async fn obtain(&mut self, have: Option<u64>) -> Result<Obtained, TokenError> {
+        if let Some(cache) = self.cache.clone() {
+            let client = self.client.clone();
+            let fetch = move |version: u64| async move {
+                let g = client.fetch().await?;
+                let left = (g.sent_at + g.lifetime).saturating_duration_since(Instant::now());
+                Ok::<_, TokenError>(CachedToken {
+                    access_token: g.access_token,
+                    version,
+                    expires_at: SystemTime::now() + left,
+                    lifetime: g.lifetime,
+                })
+            };
+            match cache
+                .renew(
+                    have,
+                    self.policy.expiry_margin,
+                    self.policy.cache_wait,
+                    fetch,
+                )
+                .await
+            {
+                Ok(Ok(renewal)) => {
+                    let (t, adopted) = match renewal {
+                        Renewal::Adopted(t) => (t, true),
+                        Renewal::Fetched(t) => (t, false),
+                    };
+                    return Ok(Obtained {
+                        expires_at: t.expires_at_instant(),
+                        access_token: t.access_token,
+                        version: t.version,
+                        lifetime: t.lifetime,
+                        adopted,
+                    });
+                }
+                Ok(Err(token_err)) => return Err(token_err),
+                Err(cache_err) => {
+                    self.metrics.cache_op("renew", "fallback");
+                    tracing::warn!(
+                        event = "cache_unavailable",
+                        reason = cache_err.label(),
+                        error = %cache_err,
+                        "shared cache failed; fetching the token locally"
+                    );
+                }
+            }
+        }
+        let version = self.next_version.max(have.unwrap_or(0) + 1);
+        let g = self.client.fetch().await?;
+        Ok(Obtained {
+            expires_at: g.sent_at + g.lifetime,
+            access_token: g.access_token,
+            version,
+            lifetime: g.lifetime,
+            adopted: false,
+        })
+    }
+
     fn forced_due(&self, last_forced: Option<Instant>) -> ForcedCheck {
         let rejected = self.shared.rejected.load(Ordering::Acquire);
         match self.cell.current() {
@@ -283,6 +382,15 @@ impl Refresher {
             _ => ForcedCheck::Due,
         }
     }
+}
+
+/// A token ready to store.
+struct Obtained {
+    access_token: secrecy::SecretString,
+    version: u64,
+    expires_at: Instant,
+    lifetime: Duration,
+    adopted: bool,
 }
 
 enum ForcedCheck {

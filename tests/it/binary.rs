@@ -78,6 +78,31 @@ async fn bad_input_is_refused_at_start_with_one_line_naming_the_flag() {
         ),
         (vec!["--listen", "0.0.0.0:0"], "--listen", "loopback"),
         (vec!["--expiry-margin", "soon"], "--expiry-margin", "soon"),
+        (
+            vec!["--cache", "redis://127.0.0.1:1"],
+            "--cache-key-file",
+            "required",
+        ),
+        (
+            vec!["--cache", "memcached://127.0.0.1:1"],
+            "--cache",
+            "redis://",
+        ),
+        (
+            vec![
+                "--cache",
+                "redis://127.0.0.1:1",
+                "--cache-key-file",
+                &garbage,
+            ],
+            "--cache-key-file",
+            "Base64",
+        ),
+        (
+            vec!["--cache-key-file", &garbage],
+            "--cache-key-file",
+            "only makes sense with --cache",
+        ),
     ];
     for (extra, flag, needle) in cases {
         let (code, stderr) = run_to_end(&env.flags(&extra));
@@ -99,11 +124,19 @@ fn help_lists_every_flag_and_never_shows_the_secret() {
         .arg("--help")
         .env("PIX_AUTH_PROXY_CLIENT_SECRET", "do-not-show-me")
         .env("PIX_AUTH_PROXY_CLIENT_ID", "shown-id")
+        .env(
+            "PIX_AUTH_PROXY_CACHE",
+            "rediss://:redis-password-value@redis:6380",
+        )
         .output()
         .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(!help.contains("do-not-show-me"));
+    assert!(
+        !help.contains("redis-password-value"),
+        "the cache URL carries a password"
+    );
     assert!(
         !help.contains("--client-secret "),
         "there is no plain secret flag"
