@@ -17,6 +17,9 @@ use crate::token::endpoint::{ClientAuth, TokenEncoding};
 /// There is deliberately no plain `--client-secret` flag: it would show in `ps`.
 pub const CLIENT_SECRET_ENV: &str = "PIX_AUTH_PROXY_CLIENT_SECRET";
 
+/// Environment variable holding the PKCS#12 password when `--pkcs12-password-file` is not used.
+pub const PKCS12_PASSWORD_ENV: &str = "PIX_AUTH_PROXY_PKCS12_PASSWORD";
+
 /// pix-auth-proxy: call a Pix PSP API over plain HTTP; this sidecar adds the mTLS client
 /// certificate and the OAuth2 access token.
 #[derive(Debug, Parser)]
@@ -140,6 +143,14 @@ pub struct RunArgs {
     /// Scopes to request, space-separated.
     #[arg(long, env = "PIX_AUTH_PROXY_SCOPE")]
     pub scope: Option<String>,
+
+    /// Client identity as PKCS#12 (.p12/.pfx), instead of --cert/--key; legacy RC2/3DES files work.
+    #[arg(long, env = "PIX_AUTH_PROXY_PKCS12", conflicts_with_all = ["cert", "key"])]
+    pub pkcs12: Option<PathBuf>,
+
+    /// File holding the PKCS#12 password (or set PIX_AUTH_PROXY_PKCS12_PASSWORD; none: empty).
+    #[arg(long, env = "PIX_AUTH_PROXY_PKCS12_PASSWORD_FILE")]
+    pub pkcs12_password_file: Option<PathBuf>,
 
     /// PEM client certificate chain, leaf first.
     #[arg(long, env = "PIX_AUTH_PROXY_CERT")]

@@ -74,6 +74,95 @@ fn err(flag: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Secrets the binary reads from the environment (there are no flags for them).
+#[derive(Debug, Default, Clone)]
+pub struct SecretEnv {
+    /// `PIX_AUTH_PROXY_CLIENT_SECRET`.
+    pub client_secret: Option<SecretString>,
+    /// `PIX_AUTH_PROXY_PKCS12_PASSWORD`.
+    pub pkcs12_password: Option<SecretString>,
+}
+
+fn identity_source(
+    args: &RunArgs,
+    secrets: &SecretEnv,
+    warnings: &mut Vec<String>,
+) -> Result<IdentitySource, ConfigError> {
+    if let Some(p12) = &args.pkcs12 {
+        readable_file("--pkcs12", p12)?;
+        if let Some(w) = permissive_mode(p12) {
+            warnings.push(format!("--pkcs12 {}: {w}", p12.display()));
+        }
+        let password = match &args.pkcs12_password_file {
+            Some(f) => {
+                readable_file("--pkcs12-password-file", f)?;
+                if let Some(w) = permissive_mode(f) {
+                    warnings.push(format!("--pkcs12-password-file {}: {w}", f.display()));
+                }
+                PasswordSource::File(f.clone())
+            }
+            None => PasswordSource::Value(
+                secrets
+                    .pkcs12_password
+                    .clone()
+                    .unwrap_or_else(|| SecretString::from(String::new())),
+            ),
+        };
+        return Ok(IdentitySource::Pkcs12 {
+            path: p12.clone(),
+            password,
+        });
+    }
+    if args.pkcs12_password_file.is_some() {
+        return Err(err(
+            "--pkcs12-password-file",
+            "only makes sense with --pkcs12",
+        ));
+    }
+    let cert = args.cert.clone().ok_or_else(|| {
+        err(
+            "--cert",
+            "is required (PEM client certificate), or give the identity as --pkcs12",
+        )
+    })?;
+    let key = args
+        .key
+        .clone()
+        .ok_or_else(|| err("--key", "is required (PEM private key of --cert)"))?;
+    readable_file("--cert", &cert)?;
+    readable_file("--key", &key)?;
+    if let Some(w) = permissive_mode(&key) {
+        warnings.push(format!("--key {}: {w}", key.display()));
+    }
+    Ok(IdentitySource::Pem { cert, key })
+}
+
+/// Where a PKCS#12 password comes from.
+#[derive(Debug, Clone)]
+pub enum PasswordSource {
+    /// Re-read on every (re)load, so a rotated password file is picked up.
+    File(PathBuf),
+    /// From the environment (empty for password-less files).
+    Value(SecretString),
+}
+
+impl PasswordSource {
+    fn read(&self) -> Result<SecretString, TlsError> {
+        match self {
+            PasswordSource::Value(v) => Ok(v.clone()),
+            PasswordSource::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| TlsError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok(SecretString::from(
+                    text.trim_end_matches(['\r', '\n']).to_owned(),
+                ))
+            }
+        }
+    }
+}
+
 /// Where the client identity comes from.
 #[derive(Debug, Clone)]
 pub enum IdentitySource {
@@ -84,6 +173,13 @@ pub enum IdentitySource {
         /// PEM private key.
         key: PathBuf,
     },
+    /// A PKCS#12 file (`.p12` / `.pfx`).
+    Pkcs12 {
+        /// The file.
+        path: PathBuf,
+        /// Its password.
+        password: PasswordSource,
+    },
     /// An identity already loaded (the `demo`, which writes nothing to disk).
     Loaded(Arc<Identity>),
 }
@@ -93,7 +189,22 @@ impl IdentitySource {
     pub fn load(&self) -> Result<Arc<Identity>, TlsError> {
         match self {
             IdentitySource::Pem { cert, key } => Identity::from_pem_files(cert, key).map(Arc::new),
+            IdentitySource::Pkcs12 { path, password } => {
+                crate::tls::pkcs12::load(path, &password.read()?).map(Arc::new)
+            }
             IdentitySource::Loaded(identity) => Ok(identity.clone()),
+        }
+    }
+
+    /// The files this identity is read from (to watch for changes).
+    pub fn files(&self) -> Vec<PathBuf> {
+        match self {
+            IdentitySource::Pem { cert, key } => vec![cert.clone(), key.clone()],
+            IdentitySource::Pkcs12 { path, password } => match password {
+                PasswordSource::File(f) => vec![path.clone(), f.clone()],
+                PasswordSource::Value(_) => vec![path.clone()],
+            },
+            IdentitySource::Loaded(_) => Vec::new(),
         }
     }
 }
@@ -167,11 +278,9 @@ impl Config {
         }
     }
 
-    /// Check `args`. `env_secret` is the value of `PIX_AUTH_PROXY_CLIENT_SECRET`, if set.
-    pub fn from_args(
-        args: &RunArgs,
-        env_secret: Option<SecretString>,
-    ) -> Result<Self, ConfigError> {
+    /// Check `args`. `secrets` holds the secrets taken from the environment.
+    pub fn from_args(args: &RunArgs, secrets: SecretEnv) -> Result<Self, ConfigError> {
+        let env_secret = secrets.client_secret.clone();
         let mut warnings = Vec::new();
         let preset = PRESETS
             .iter()
@@ -241,19 +350,7 @@ impl Config {
             .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
             .filter(|s| !s.is_empty());
 
-        let cert = args
-            .cert
-            .clone()
-            .ok_or_else(|| err("--cert", "is required (PEM client certificate)"))?;
-        let key = args
-            .key
-            .clone()
-            .ok_or_else(|| err("--key", "is required (PEM private key of --cert)"))?;
-        readable_file("--cert", &cert)?;
-        readable_file("--key", &key)?;
-        if let Some(w) = permissive_mode(&key) {
-            warnings.push(format!("--key {}: {w}", key.display()));
-        }
+        let identity = identity_source(args, &secrets, &mut warnings)?;
         if let Some(ca) = &args.ca {
             readable_file("--ca", ca)?;
         }
@@ -293,7 +390,7 @@ impl Config {
                 encoding: args.token_encoding.unwrap_or(preset.encoding),
                 scope,
             },
-            identity: IdentitySource::Pem { cert, key },
+            identity,
             ca: args.ca.clone(),
             extra_roots: Vec::new(),
             refresh: RefreshPolicy {
@@ -539,7 +636,7 @@ mod tests {
     #[test]
     fn pagstar_defaults_and_secret_file_trimmed() {
         let f = Files::new("ok");
-        let c = Config::from_args(&f.args(&[]), None).unwrap();
+        let c = Config::from_args(&f.args(&[]), SecretEnv::default()).unwrap();
         assert_eq!(c.upstream, "https://api.pix.pagstar.com");
         assert_eq!(c.token.url, "https://api.pix.pagstar.com/oauth/token");
         assert_eq!(c.token.client_secret.unwrap().expose_secret(), "s3cret");
@@ -572,7 +669,7 @@ mod tests {
             (&["--refresh-ratio", "1.5"], "--refresh-ratio", "outside"),
         ];
         for (extra, flag, needle) in cases {
-            let e = Config::from_args(&f.args(extra), None).unwrap_err();
+            let e = Config::from_args(&f.args(extra), SecretEnv::default()).unwrap_err();
             assert_eq!(e.flag, *flag, "{extra:?}: {e}");
             assert!(e.to_string().contains(needle), "{extra:?}: {e}");
         }
@@ -586,7 +683,14 @@ mod tests {
             "/nope/k.pem",
         ])
         .unwrap();
-        let e = Config::from_args(&missing, Some(SecretString::from("s"))).unwrap_err();
+        let e = Config::from_args(
+            &missing,
+            SecretEnv {
+                client_secret: Some(SecretString::from("s")),
+                ..SecretEnv::default()
+            },
+        )
+        .unwrap_err();
         assert_eq!(e.flag, "--cert");
         let no_secret = RunArgs::try_parse_from([
             "x",
@@ -598,7 +702,7 @@ mod tests {
             &f.p("key.pem"),
         ])
         .unwrap();
-        let e = Config::from_args(&no_secret, None).unwrap_err();
+        let e = Config::from_args(&no_secret, SecretEnv::default()).unwrap_err();
         assert_eq!(e.flag, "--client-secret-file");
         let none_auth = RunArgs::try_parse_from([
             "x",
@@ -612,7 +716,7 @@ mod tests {
             "none",
         ])
         .unwrap();
-        assert!(Config::from_args(&none_auth, None).is_ok());
+        assert!(Config::from_args(&none_auth, SecretEnv::default()).is_ok());
     }
 
     #[test]
@@ -621,7 +725,7 @@ mod tests {
         assert!(
             Config::from_args(
                 &f.args(&["--listen", "0.0.0.0:8080", "--allow-non-loopback"]),
-                None
+                SecretEnv::default()
             )
             .is_ok()
         );
@@ -630,7 +734,7 @@ mod tests {
     #[test]
     fn debug_of_config_hides_the_secret() {
         let f = Files::new("dbg");
-        let c = Config::from_args(&f.args(&[]), None).unwrap();
+        let c = Config::from_args(&f.args(&[]), SecretEnv::default()).unwrap();
         assert!(!format!("{c:?}").contains("s3cret"));
     }
 }

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use pix_auth_proxy::cli::{CLIENT_SECRET_ENV, Cli, Command, DemoArgs, RunArgs};
-use pix_auth_proxy::config::Config;
+use pix_auth_proxy::cli::{
+    CLIENT_SECRET_ENV, Cli, Command, DemoArgs, PKCS12_PASSWORD_ENV, RunArgs,
+};
+use pix_auth_proxy::config::{Config, SecretEnv};
 use pix_auth_proxy::demo::{Demo, DemoOptions};
 use pix_auth_proxy::sidecar::Sidecar;
 use pix_auth_proxy::telemetry::LogFormat;
@@ -45,11 +47,17 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let env_secret = std::env::var(CLIENT_SECRET_ENV)
-        .ok()
-        .filter(|s| !s.is_empty())
-        .map(SecretString::from);
-    let config = match Config::from_args(&args, env_secret) {
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(SecretString::from)
+    };
+    let secrets = SecretEnv {
+        client_secret: env(CLIENT_SECRET_ENV),
+        pkcs12_password: env(PKCS12_PASSWORD_ENV),
+    };
+    let config = match Config::from_args(&args, secrets) {
         Ok(c) => c,
         Err(e) => return bad_input(&e),
     };

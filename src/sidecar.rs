@@ -51,10 +51,26 @@ fn tls_flag(err: &TlsError, config: &Config) -> &'static str {
         | TlsError::Expired { path, .. }
         | TlsError::NotYetValid { path, .. } => path == p,
         TlsError::KeyMismatch { key, .. } => key == p,
+        TlsError::Pkcs12 { path, .. } => path == p,
         _ => false,
     };
     let (cert, key) = match &config.identity {
         IdentitySource::Pem { cert, key } => (Some(cert), Some(key)),
+        IdentitySource::Pkcs12 { path, .. } => {
+            if is(path) || matches!(err, TlsError::Pkcs12 { .. }) {
+                return "--pkcs12";
+            }
+            if let IdentitySource::Pkcs12 {
+                password: crate::config::PasswordSource::File(f),
+                ..
+            } = &config.identity
+            {
+                if is(f) {
+                    return "--pkcs12-password-file";
+                }
+            }
+            (None, None)
+        }
         IdentitySource::Loaded(_) => (None, None),
     };
     if key.is_some_and(is) {

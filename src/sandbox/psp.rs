@@ -119,12 +119,27 @@ impl MockPsp {
         client_ca: &Pki,
         settings: PspSettings,
     ) -> std::io::Result<Self> {
+        Self::start_trusting(
+            listener,
+            server_cert,
+            vec![client_ca.ca_der().clone()],
+            settings,
+        )
+    }
+
+    /// Like [`MockPsp::start`], trusting the given client CA certificates (DER).
+    pub fn start_trusting(
+        listener: TcpListener,
+        server_cert: &Leaf,
+        client_cas: Vec<rustls_pki_types::CertificateDer<'static>>,
+        settings: PspSettings,
+    ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let provider = crate::tls::provider();
         let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(client_ca.ca_der().clone())
-            .map_err(std::io::Error::other)?;
+        for ca in client_cas {
+            roots.add(ca).map_err(std::io::Error::other)?;
+        }
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub mod pkcs12;
+
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore};
@@ -37,6 +39,14 @@ pub enum TlsError {
     /// The file holds no usable private key.
     #[error("{path}: {reason}")]
     BadKey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A PKCS#12 file that cannot be used (wrong password, no key, several keys, …).
+    #[error("{path}: {reason}")]
+    Pkcs12 {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.

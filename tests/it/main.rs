@@ -7,5 +7,6 @@ mod admin;
 mod binary;
 mod cache;
 mod demo;
+mod identity;
 mod proxy;
 mod token;

@@ -128,7 +128,8 @@ impl Env {
         let mut argv = vec!["pix-auth-proxy".to_string()];
         argv.extend(self.flags(extra));
         let args = RunArgs::try_parse_from(argv).expect("flags parse");
-        let mut config = Config::from_args(&args, None).expect("config valid");
+        let mut config = Config::from_args(&args, pix_auth_proxy::config::SecretEnv::default())
+            .expect("config valid");
         config.refresh.backoff_base = Duration::from_millis(100);
         config.refresh.backoff_max = Duration::from_millis(500);
         config.shutdown_delay = Duration::ZERO;
