@@ -12,6 +12,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use tokio::time::Instant;
 
+use crate::generation::Current;
 use crate::metrics::Metrics;
 use crate::token::TokenCell;
 
@@ -68,8 +69,8 @@ pub struct Admin {
     pub health: Arc<Health>,
     /// Metrics to expose.
     pub metrics: Arc<Metrics>,
-    /// The token cell (for readiness and the validity gauge).
-    pub cell: TokenCell,
+    /// The current generation (its token decides readiness and the validity gauge).
+    pub current: Current,
 }
 
 fn text(
@@ -98,7 +99,7 @@ impl Admin {
         }
         match req.uri().path() {
             "/livez" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
-            "/readyz" => match self.health.readiness(&self.cell) {
+            "/readyz" => match self.health.readiness(&self.current.load().cell) {
                 Ok(()) => text(StatusCode::OK, "text/plain; charset=utf-8", "ready\n"),
                 Err(why) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -107,10 +108,10 @@ impl Admin {
                 ),
             },
             "/metrics" => {
+                let cell = self.current.load().cell.clone();
                 self.metrics
-                    .set_token_valid(self.cell.usable(Instant::now()).is_some());
-                self.metrics
-                    .set_ready(self.health.readiness(&self.cell).is_ok());
+                    .set_token_valid(cell.usable(Instant::now()).is_some());
+                self.metrics.set_ready(self.health.readiness(&cell).is_ok());
                 text(
                     StatusCode::OK,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",

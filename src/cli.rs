@@ -43,6 +43,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the sidecar (the default).
     Run(Box<RunArgs>),
+    /// Check the configuration against the PSP once (identity, TLS handshake, one token
+    /// request) and print a report; exit 0 only if everything passed.
+    Check(Box<RunArgs>),
     /// A complete local sandbox: throwaway certificates, a mock PSP and the sidecar, in one process.
     Demo(DemoArgs),
 }
@@ -204,6 +207,11 @@ pub struct RunArgs {
     /// Bound on every call to the shared cache; past it the sidecar fetches locally.
     #[arg(long, env = "PIX_AUTH_PROXY_CACHE_TIMEOUT", default_value = "500ms", value_parser = duration)]
     pub cache_timeout: Duration,
+
+    /// How often the certificate, key, CA and secret files are checked for changes (a change,
+    /// or SIGHUP, loads them as a new identity without dropping a request).
+    #[arg(long, env = "PIX_AUTH_PROXY_RELOAD_INTERVAL", default_value = "2s", value_parser = duration)]
+    pub reload_interval: Duration,
 
     /// Start renewing at this fraction of the token lifetime (±10% jitter).
     #[arg(long, env = "PIX_AUTH_PROXY_REFRESH_RATIO", default_value_t = 0.66)]

@@ -240,6 +240,10 @@ pub struct Config {
     pub token_timeout: Duration,
     /// The shared token cache, if any.
     pub cache: Option<CacheConfig>,
+    /// Where the client secret is re-read from on reload (`None`: from the environment).
+    pub client_secret_file: Option<PathBuf>,
+    /// How often identity, CA and secret files are checked for changes.
+    pub reload_interval: Duration,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter, if given by flag.
@@ -249,6 +253,30 @@ pub struct Config {
 }
 
 impl Config {
+    /// The client secret as the file says now (`None` when it came from the environment).
+    pub fn read_client_secret(&self) -> Result<Option<SecretString>, String> {
+        match &self.client_secret_file {
+            None => Ok(None),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let trimmed = text.trim_end_matches(['\r', '\n']);
+                if trimmed.is_empty() {
+                    return Err(format!("{}: file is empty", path.display()));
+                }
+                Ok(Some(SecretString::from(trimmed.to_owned())))
+            }
+        }
+    }
+
+    /// Every file whose change means a new identity generation.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = self.identity.files();
+        files.extend(self.ca.clone());
+        files.extend(self.client_secret_file.clone());
+        files
+    }
+
     /// A configuration with every default of the CLI, for callers that build it in code
     /// (the `demo`): listen address, upstream, token request and identity are given.
     pub fn with_defaults(
@@ -272,6 +300,8 @@ impl Config {
             server: ServerOptions::default(),
             token_timeout: Duration::from_secs(10),
             cache: None,
+            client_secret_file: None,
+            reload_interval: Duration::from_secs(2),
             log_format: LogFormat::Text,
             log_level: None,
             warnings: Vec::new(),
@@ -367,6 +397,7 @@ impl Config {
         positive("--request-timeout", args.request_timeout)?;
         positive("--token-timeout", args.token_timeout)?;
         positive("--header-read-timeout", args.header_read_timeout)?;
+        positive("--reload-interval", args.reload_interval)?;
         if args.max_connections == 0 {
             return Err(err("--max-connections", "must be at least 1"));
         }
@@ -419,6 +450,8 @@ impl Config {
             },
             token_timeout: args.token_timeout,
             cache,
+            client_secret_file: args.client_secret_file.clone(),
+            reload_interval: args.reload_interval,
             log_format: args.log_format,
             log_level: args.log_level.clone(),
             warnings,

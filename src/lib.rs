@@ -20,12 +20,15 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod generation;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod sandbox;
 pub mod server;
 pub mod sidecar;

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Run(args)) => run(*args),
         Some(Command::Demo(args)) => demo(args),
+        Some(Command::Check(args)) => check(*args),
         None => run(cli.run),
     }
 }
@@ -46,18 +47,46 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn run(args: RunArgs) -> ExitCode {
+fn secrets_from_env() -> SecretEnv {
     let env = |name: &str| {
         std::env::var(name)
             .ok()
             .filter(|s| !s.is_empty())
             .map(SecretString::from)
     };
-    let secrets = SecretEnv {
+    SecretEnv {
         client_secret: env(CLIENT_SECRET_ENV),
         pkcs12_password: env(PKCS12_PASSWORD_ENV),
+    }
+}
+
+fn check(args: RunArgs) -> ExitCode {
+    let config = match Config::from_args(&args, secrets_from_env()) {
+        Ok(c) => c,
+        Err(e) => return bad_input(&e),
     };
-    let config = match Config::from_args(&args, secrets) {
+    // The report is the output; logs only for problems.
+    if let Err(code) = init_logs(
+        config.log_format,
+        Some(config.log_level.as_deref().unwrap_or("warn")),
+    ) {
+        return code;
+    }
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let report = runtime.block_on(pix_auth_proxy::check::run(&config));
+    print!("{}", report.render());
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match Config::from_args(&args, secrets_from_env()) {
         Ok(c) => c,
         Err(e) => return bad_input(&e),
     };
@@ -89,6 +118,17 @@ fn run(args: RunArgs) -> ExitCode {
             },
             None => None,
         };
+        let trigger = sidecar.reload_trigger();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::info!(event = "sighup", "SIGHUP: reloading the identity files");
+                trigger.notify_one();
+            }
+        });
         sidecar.run(listener, admin, shutdown_signal()).await;
         tracing::info!(event = "stopped", "pix-auth-proxy stopped");
         ExitCode::SUCCESS

@@ -10,18 +10,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use http::uri::Authority;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::admin::{Admin, Health};
 use crate::config::{Config, IdentitySource};
+use crate::generation::{Current, Generation, GenerationError};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, UpstreamTarget};
 use crate::server::ServerOptions;
-use crate::tls::{Identity, TlsError};
-use crate::token::cache::SharedCache;
-use crate::token::{Refresher, RefresherHandle, TokenCell, TokenClient};
+use crate::tls::TlsError;
+use crate::token::Refresher;
 
 /// Why the sidecar cannot start. Displayed as one line naming the flag.
 #[derive(Debug, thiserror::Error)]
@@ -87,20 +89,18 @@ fn tls_flag(err: &TlsError, config: &Config) -> &'static str {
 /// A sidecar ready to serve: identity loaded, clients built, refresher not yet started.
 pub struct Sidecar {
     config: Config,
-    identity: Arc<Identity>,
-    cell: TokenCell,
-    refresher: Refresher,
-    handle: RefresherHandle,
-    upstream_client: crate::proxy::UpstreamClient,
+    current: Current,
+    first_refresher: Option<Refresher>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    reload: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Sidecar {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sidecar")
             .field("config", &self.config)
-            .field("identity", &self.identity)
+            .field("generation", &self.current.load().number)
             .finish_non_exhaustive()
     }
 }
@@ -111,66 +111,32 @@ const CERT_WARN_DAYS: u64 = 30;
 impl Sidecar {
     /// Load the identity and trust anchors and build the clients. Fails on any bad input.
     pub fn new(config: Config) -> Result<Self, StartError> {
-        let tls_err = |source: TlsError| StartError::Tls {
-            flag: tls_flag(&source, &config),
-            source,
-        };
-        let identity = config.identity.load().map_err(tls_err)?;
-        let roots =
-            crate::tls::root_store(config.ca.as_deref(), &config.extra_roots).map_err(tls_err)?;
-        let roots = Arc::new(roots);
-        let tls = identity.client_config(roots).map_err(tls_err)?;
-        let upstream_client = crate::client::https_client(tls.clone(), &config.client);
-        // The token endpoint gets its own pool: its connections live on another host and
-        // carry other timeouts.
-        let token_http = crate::client::https_client(tls, &config.client);
-        let token_client = TokenClient::new(token_http, config.token.clone(), config.token_timeout);
         let metrics = Arc::new(Metrics::new());
-        metrics.set_cert_expiry(identity.info().not_after);
-        let cell = TokenCell::new();
-        let refresher = Refresher::new(
-            token_client,
-            cell.clone(),
-            config.refresh.clone(),
-            metrics.clone(),
-        );
-        let refresher = match &config.cache {
-            Some(cache) => {
-                let key = crate::token::cache::cache_key(
-                    &config.token.url.to_string(),
-                    &config.token.client_id,
-                    config.token.scope.as_deref(),
-                    &identity.info().spki_sha256,
-                );
-                // The lock outlives a whole token request, so a slow winner keeps it.
-                let lock_ttl = config.token_timeout + Duration::from_secs(1);
-                let shared = SharedCache::new(cache, key, lock_ttl, metrics.clone())
-                    .map_err(StartError::Cache)?;
-                refresher.with_cache(Arc::new(shared))
-            }
-            None => refresher,
-        };
-        let handle = refresher.handle();
+        let (generation, refresher) =
+            Generation::build(&config, 1, &metrics).map_err(|e| match e {
+                GenerationError::Tls(source) => StartError::Tls {
+                    flag: tls_flag(&source, &config),
+                    source,
+                },
+                GenerationError::Cache(e) => StartError::Cache(e),
+                GenerationError::Secret(reason) => StartError::Config(crate::config::ConfigError {
+                    flag: "--client-secret-file",
+                    reason,
+                }),
+            })?;
         Ok(Self {
-            identity,
-            cell,
-            refresher,
-            handle,
-            upstream_client,
+            current: Arc::new(ArcSwap::from_pointee(generation)),
+            first_refresher: Some(refresher),
             metrics,
             health: Arc::new(Health::new()),
+            reload: Arc::new(Notify::new()),
             config,
         })
     }
 
-    /// The token cell (read-only use: tests and health checks).
-    pub fn token_cell(&self) -> TokenCell {
-        self.cell.clone()
-    }
-
-    /// The refresher's handle (counters).
-    pub fn refresher(&self) -> RefresherHandle {
-        self.handle.clone()
+    /// The current generation (identity, client, token), as requests see it.
+    pub fn current(&self) -> Current {
+        self.current.clone()
     }
 
     /// The metrics registry.
@@ -183,9 +149,9 @@ impl Sidecar {
         self.health.clone()
     }
 
-    /// The loaded client identity.
-    pub fn identity(&self) -> &Identity {
-        &self.identity
+    /// Notify this to reload the identity files now (what SIGHUP does).
+    pub fn reload_trigger(&self) -> Arc<Notify> {
+        self.reload.clone()
     }
 
     /// Start the refresher, serve the app on `listener` and the admin routes on `admin`,
@@ -194,12 +160,16 @@ impl Sidecar {
     /// and drains in-flight requests up to the drain timeout. Returns whether the drain
     /// completed in time.
     pub async fn run(
-        self,
+        mut self,
         listener: TcpListener,
         admin: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> bool {
-        let info = self.identity.info();
+        let first = self.current.load_full();
+        if let Some(refresher) = self.first_refresher.take() {
+            first.start(refresher);
+        }
+        let info = first.identity.info();
         let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(
             event = "starting",
@@ -233,23 +203,27 @@ impl Sidecar {
                 own.push(a);
             }
         }
+        drop(first);
         let proxy = Proxy::new(
             target,
             own,
-            self.upstream_client,
-            self.cell.clone(),
-            self.handle,
+            self.current.clone(),
             self.metrics.clone(),
             self.config.proxy.clone(),
         );
-        let refresher = tokio::spawn(self.refresher.run());
+        let reloader = tokio::spawn(crate::reload::watch(
+            self.config.clone(),
+            self.current.clone(),
+            self.metrics.clone(),
+            self.reload.clone(),
+        ));
 
         let (admin_stop, admin_task) = match admin {
             Some(l) => {
                 let state = Admin {
                     health: self.health.clone(),
                     metrics: self.metrics.clone(),
-                    cell: self.cell.clone(),
+                    current: self.current.clone(),
                 };
                 let (tx, rx) = tokio::sync::oneshot::channel::<()>();
                 let handler = move |req: http::Request<hyper::body::Incoming>| {
@@ -296,7 +270,7 @@ impl Sidecar {
         };
         let drained =
             crate::server::serve(listener, handler, self.config.server.clone(), app_shutdown).await;
-        refresher.abort();
+        reloader.abort();
         if let Some(tx) = admin_stop {
             let _ = tx.send(());
         }

@@ -23,8 +23,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
 
+use crate::generation::{Current, Generation};
 use crate::metrics::Metrics;
-use crate::token::{RefresherHandle, TokenCell};
 pub use problem::ProblemKind;
 pub use rewrite::UpstreamTarget;
 
@@ -122,9 +122,7 @@ pub struct Proxy {
 struct Inner {
     target: UpstreamTarget,
     own_authorities: Vec<Authority>,
-    client: UpstreamClient,
-    cell: TokenCell,
-    refresher: RefresherHandle,
+    current: Current,
     metrics: Arc<Metrics>,
     opts: ProxyOptions,
 }
@@ -164,13 +162,11 @@ impl Outgoing {
 }
 
 impl Proxy {
-    /// A proxy to `target` with `client`, injecting tokens from `cell`.
+    /// A proxy to `target` through the current generation's client and token.
     pub fn new(
         target: UpstreamTarget,
         own_authorities: Vec<Authority>,
-        client: UpstreamClient,
-        cell: TokenCell,
-        refresher: RefresherHandle,
+        current: Current,
         metrics: Arc<Metrics>,
         opts: ProxyOptions,
     ) -> Self {
@@ -178,9 +174,7 @@ impl Proxy {
             inner: Arc::new(Inner {
                 target,
                 own_authorities,
-                client,
-                cell,
-                refresher,
+                current,
                 metrics,
                 opts,
             }),
@@ -245,27 +239,33 @@ impl Proxy {
             _ => Err(body),
         };
 
-        let (auth, version) = self.token(0).await?;
+        // One generation for the whole exchange: its client and its token belong together.
+        let generation = inner.current.load_full();
+        let (auth, version) = self.token(&generation).await?;
         match replayable {
             Err(stream) => {
-                let resp = self.send(out.request(auth, Either::Right(stream))).await?;
+                let resp = self
+                    .send(&generation, out.request(auth, Either::Right(stream)))
+                    .await?;
                 if resp.status() == StatusCode::UNAUTHORIZED {
                     // Cannot replay a streamed body: pass the 401 through, but renew.
                     inner.metrics.unauthorized();
-                    inner.refresher.report_rejected(version);
+                    generation.refresher.report_rejected(version);
                 }
                 Ok(finish(resp))
             }
             Ok(bytes) => {
                 let first = out.request(auth, Either::Left(Full::new(bytes.clone())));
-                let resp = self.send(first).await?;
+                let resp = self.send(&generation, first).await?;
                 if resp.status() != StatusCode::UNAUTHORIZED {
                     return Ok(finish(resp));
                 }
                 inner.metrics.unauthorized();
-                inner.refresher.report_rejected(version);
-                let Some((auth, new_version)) =
-                    inner.cell.wait_usable(version, inner.opts.token_wait).await
+                generation.refresher.report_rejected(version);
+                let Some((auth, new_version)) = generation
+                    .cell
+                    .wait_usable(version, inner.opts.token_wait)
+                    .await
                 else {
                     tracing::warn!(
                         event = "upstream_unauthorized",
@@ -282,30 +282,36 @@ impl Proxy {
                 );
                 drop(resp);
                 let resp = self
-                    .send(out.request(auth, Either::Left(Full::new(bytes))))
+                    .send(
+                        &generation,
+                        out.request(auth, Either::Left(Full::new(bytes))),
+                    )
                     .await?;
                 Ok(finish(resp))
             }
         }
     }
 
-    /// The token to inject: immediately if usable, else wait (bounded) for one newer than
-    /// `after`.
-    async fn token(&self, after: u64) -> Result<(HeaderValue, u64), ProxyError> {
+    /// The token to inject: immediately if usable, else wait (bounded) for one.
+    async fn token(&self, generation: &Generation) -> Result<(HeaderValue, u64), ProxyError> {
         let inner = &*self.inner;
-        if let Some(t) = inner.cell.usable(Instant::now()) {
+        if let Some(t) = generation.cell.usable(Instant::now()) {
             return Ok(t);
         }
-        inner
+        generation
             .cell
-            .wait_usable(after, inner.opts.token_wait)
+            .wait_usable(0, inner.opts.token_wait)
             .await
             .ok_or(ProxyError::TokenUnavailable(inner.opts.token_wait))
     }
 
-    async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError> {
+    async fn send(
+        &self,
+        generation: &Generation,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let timeout = self.inner.opts.request_timeout;
-        match tokio::time::timeout(timeout, self.inner.client.request(req)).await {
+        match tokio::time::timeout(timeout, generation.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(ProxyError::from_client(e)),
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),

@@ -132,7 +132,7 @@ async fn five_replicas_under_load_for_four_lifetimes_fetch_about_once_per_lifeti
     );
     let adopted: u64 = replicas
         .iter()
-        .map(|r| r.refresher.stats().adopted.load(Ordering::SeqCst))
+        .map(|r| r.refresher().stats().adopted.load(Ordering::SeqCst))
         .sum();
     assert!(
         adopted >= 4 * 3,
@@ -166,7 +166,7 @@ async fn five_replicas_cold_starting_together_cause_one_token_fetch() {
     assert_eq!(failed, 0);
     let versions: Vec<u64> = replicas
         .iter()
-        .map(|r| r.cell.current().unwrap().version())
+        .map(|r| r.cell().current().unwrap().version())
         .collect();
     assert!(
         versions.windows(2).all(|w| w[0] == w[1]),
@@ -204,13 +204,13 @@ async fn redis_killed_mid_run_loses_no_request_and_sharing_resumes_after_restart
     redis.restart();
     let adopted_before: u64 = replicas
         .iter()
-        .map(|r| r.refresher.stats().adopted.load(Ordering::SeqCst))
+        .map(|r| r.refresher().stats().adopted.load(Ordering::SeqCst))
         .sum();
     let (_, failed) = load(&replicas, Duration::from_secs(4)).await;
     assert_eq!(failed, 0);
     let adopted_after: u64 = replicas
         .iter()
-        .map(|r| r.refresher.stats().adopted.load(Ordering::SeqCst))
+        .map(|r| r.refresher().stats().adopted.load(Ordering::SeqCst))
         .sum();
     assert!(
         adopted_after > adopted_before,
@@ -279,7 +279,7 @@ async fn a_lock_whose_holder_died_expires_and_another_replica_renews_in_time() {
     );
     let versions: Vec<u64> = replicas
         .iter()
-        .map(|r| r.cell.current().unwrap().version())
+        .map(|r| r.cell().current().unwrap().version())
         .collect();
     assert!(versions.iter().all(|v| *v == 2), "{versions:?}");
     let logs = crate::support::logs::captured();

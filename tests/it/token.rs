@@ -98,7 +98,7 @@ async fn token_endpoint_outage_keeps_the_valid_token_then_503_after_expiry_then_
     sidecar.ready().await;
     let first = env.psp.issued_tokens()[0].clone();
     // 6 s token, effective margin 1.5 s: usable for 4.5 s, renewal from ~3.6 s on.
-    let usable_until = sidecar.cell.current().unwrap().usable_until();
+    let usable_until = sidecar.cell().current().unwrap().usable_until();
     env.psp.set_mode(TokenMode::Raw {
         status: StatusCode::SERVICE_UNAVAILABLE,
         content_type: "text/html",
@@ -115,7 +115,7 @@ async fn token_endpoint_outage_keeps_the_valid_token_then_503_after_expiry_then_
         fetches_during_outage >= 3,
         "the refresher kept retrying: {fetches_during_outage}"
     );
-    assert_eq!(sidecar.cell.current().unwrap().version(), 1);
+    assert_eq!(sidecar.cell().current().unwrap().version(), 1);
 
     // Past expiry − margin: 503 token-unavailable with Retry-After, never the stale token.
     tokio::time::sleep_until(usable_until + Duration::from_millis(50)).await;
@@ -261,7 +261,7 @@ async fn hostile_token_responses_keep_the_last_good_token_and_never_become_a_hea
     for (name, mode) in cases {
         env.psp.set_mode(mode);
         let before = env.psp.token_requests();
-        let errors_before = sidecar.refresher.stats().fetch_err.load(Ordering::SeqCst);
+        let errors_before = sidecar.refresher().stats().fetch_err.load(Ordering::SeqCst);
         // The PSP rejects the next call: the sidecar asks the (hostile) endpoint for a new
         // token, which must be refused; the 401 is passed through.
         env.psp.reject_next_api(1);
@@ -273,7 +273,7 @@ async fn hostile_token_responses_keep_the_last_good_token_and_never_become_a_hea
         );
         assert!(
             eventually(Duration::from_secs(3), || sidecar
-                .refresher
+                .refresher()
                 .stats()
                 .fetch_err
                 .load(Ordering::SeqCst)
@@ -290,7 +290,7 @@ async fn hostile_token_responses_keep_the_last_good_token_and_never_become_a_hea
         }
     }
     assert_eq!(
-        sidecar.cell.current().unwrap().version(),
+        sidecar.cell().current().unwrap().version(),
         1,
         "no hostile response became a token"
     );

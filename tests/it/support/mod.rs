@@ -163,8 +163,8 @@ pub struct Running {
     pub admin: SocketAddr,
     pub metrics: std::sync::Arc<pix_auth_proxy::metrics::Metrics>,
     pub health: std::sync::Arc<pix_auth_proxy::admin::Health>,
-    pub cell: TokenCell,
-    pub refresher: RefresherHandle,
+    pub current: pix_auth_proxy::generation::Current,
+    pub reload: std::sync::Arc<tokio::sync::Notify>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<bool>,
 }
@@ -176,8 +176,8 @@ impl Running {
         let addr = listener.local_addr().unwrap();
         let admin_listener = bind().await;
         let admin = admin_listener.local_addr().unwrap();
-        let cell = sidecar.token_cell();
-        let refresher = sidecar.refresher();
+        let current = sidecar.current();
+        let reload = sidecar.reload_trigger();
         let (tx, rx) = oneshot::channel::<()>();
         let metrics = sidecar.metrics();
         let health = sidecar.health();
@@ -189,11 +189,21 @@ impl Running {
             admin,
             metrics,
             health,
-            cell,
-            refresher,
+            current,
+            reload,
             stop: Some(tx),
             task,
         }
+    }
+
+    /// The current generation's token cell.
+    pub fn cell(&self) -> TokenCell {
+        self.current.load().cell.clone()
+    }
+
+    /// The current generation's refresher.
+    pub fn refresher(&self) -> RefresherHandle {
+        self.current.load().refresher.clone()
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
@@ -206,7 +216,7 @@ impl Running {
 
     /// Wait until the sidecar holds a token.
     pub async fn ready(&self) {
-        self.cell
+        self.cell()
             .wait_usable(0, Duration::from_secs(10))
             .await
             .expect("a token within 10 s");
