@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 
+use crate::provider::Environment;
 use crate::telemetry::LogFormat;
 use crate::token::endpoint::{ClientAuth, TokenEncoding};
 
@@ -43,6 +44,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the sidecar (the default).
     Run(Box<RunArgs>),
+    /// List the PSP presets and their settings (Markdown).
+    Providers,
     /// Check the configuration against the PSP once (identity, TLS handshake, one token
     /// request) and print a report; exit 0 only if everything passed.
     Check(Box<RunArgs>),
@@ -118,6 +121,20 @@ pub struct RunArgs {
     /// PSP preset for URLs and token-request style (`custom` needs --upstream and --token-url).
     #[arg(long, env = "PIX_AUTH_PROXY_PROVIDER", default_value = "pagstar")]
     pub provider: String,
+
+    /// Which of the provider's environments: production or sandbox (homologação).
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_ENVIRONMENT",
+        value_enum,
+        default_value = "production"
+    )]
+    pub environment: Environment,
+
+    /// File holding the developer application key some PSPs want on every API call
+    /// (Banco do Brasil: gw-dev-app-key).
+    #[arg(long, env = "PIX_AUTH_PROXY_DEVELOPER_KEY_FILE")]
+    pub developer_key_file: Option<PathBuf>,
 
     /// API base URL (https; may carry a path prefix). Default: the provider's.
     #[arg(long, env = "PIX_AUTH_PROXY_UPSTREAM")]

@@ -16,46 +16,15 @@ use secrecy::SecretString;
 
 use crate::cli::RunArgs;
 use crate::client::ClientOptions;
+use crate::provider::{self, ApiHeader, GrantTypeIn, Preset};
+use crate::proxy::ApiExtras;
 use crate::proxy::ProxyOptions;
 use crate::server::ServerOptions;
 use crate::telemetry::LogFormat;
 use crate::tls::{Identity, TlsError};
 use crate::token::RefreshPolicy;
 use crate::token::cache::{CacheConfig, CacheKey};
-use crate::token::endpoint::{ClientAuth, TokenEncoding, TokenRequest};
-
-/// A PSP preset: defaults for the URLs and the token-request dialect.
-#[derive(Debug, Clone, Copy)]
-pub struct Preset {
-    /// Name given to `--provider`.
-    pub name: &'static str,
-    /// API base URL.
-    pub upstream: Option<&'static str>,
-    /// Token endpoint.
-    pub token_url: Option<&'static str>,
-    /// Client authentication style.
-    pub client_auth: ClientAuth,
-    /// Body encoding.
-    pub encoding: TokenEncoding,
-}
-
-/// The known presets. `custom` has no URLs: both must be given.
-pub const PRESETS: &[Preset] = &[
-    Preset {
-        name: "pagstar",
-        upstream: Some("https://api.pix.pagstar.com"),
-        token_url: Some("https://api.pix.pagstar.com/oauth/token"),
-        client_auth: ClientAuth::Post,
-        encoding: TokenEncoding::Form,
-    },
-    Preset {
-        name: "custom",
-        upstream: None,
-        token_url: None,
-        client_auth: ClientAuth::Post,
-        encoding: TokenEncoding::Form,
-    },
-];
+use crate::token::endpoint::{ClientAuth, TokenRequest};
 
 /// A setting that cannot be used, naming the flag.
 #[derive(Debug, thiserror::Error)]
@@ -312,20 +281,34 @@ impl Config {
     pub fn from_args(args: &RunArgs, secrets: SecretEnv) -> Result<Self, ConfigError> {
         let env_secret = secrets.client_secret.clone();
         let mut warnings = Vec::new();
-        let preset = PRESETS
-            .iter()
-            .find(|p| p.name == args.provider)
-            .ok_or_else(|| {
-                let names: Vec<_> = PRESETS.iter().map(|p| p.name).collect();
-                err(
-                    "--provider",
-                    format!(
-                        "unknown provider {:?} (known: {})",
-                        args.provider,
-                        names.join(", ")
-                    ),
-                )
-            })?;
+        let preset = provider::find(&args.provider).ok_or_else(|| {
+            let names: Vec<_> = provider::PRESETS.iter().map(|p| p.name).collect();
+            err(
+                "--provider",
+                format!(
+                    "unknown provider {:?} (known: {}; `pix-auth-proxy providers` lists them)",
+                    args.provider,
+                    names.join(", ")
+                ),
+            )
+        })?;
+        let endpoints = match (preset.endpoints(args.environment), preset.production) {
+            (Some(e), _) => Some(e),
+            // `custom` has no endpoints in any environment: the URLs must be given.
+            (None, None) => None,
+            (None, Some(_)) => {
+                if args.upstream.is_none() || args.token_url.is_none() {
+                    return Err(err(
+                        "--environment",
+                        format!(
+                            "{} has no sandbox preset; give --upstream and --token-url for it",
+                            preset.name
+                        ),
+                    ));
+                }
+                None
+            }
+        };
 
         if !args.listen.ip().is_loopback() && !args.allow_non_loopback {
             return Err(err(
@@ -339,7 +322,7 @@ impl Config {
 
         let upstream = https_url(
             "--upstream",
-            args.upstream.as_deref().or(preset.upstream),
+            args.upstream.as_deref().or(endpoints.map(|e| e.upstream)),
             preset.name,
         )?;
         if upstream.query().is_some() {
@@ -347,7 +330,7 @@ impl Config {
         }
         let token_url = https_url(
             "--token-url",
-            args.token_url.as_deref().or(preset.token_url),
+            args.token_url.as_deref().or(endpoints.map(|e| e.token_url)),
             preset.name,
         )?;
 
@@ -377,8 +360,10 @@ impl Config {
         let scope = args
             .scope
             .as_deref()
+            .or(preset.default_scope)
             .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
             .filter(|s| !s.is_empty());
+        let api_extras = api_extras(args, preset, &client_id, &mut warnings)?;
 
         let identity = identity_source(args, &secrets, &mut warnings)?;
         if let Some(ca) = &args.ca {
@@ -420,6 +405,7 @@ impl Config {
                 auth: client_auth,
                 encoding: args.token_encoding.unwrap_or(preset.encoding),
                 scope,
+                grant_type_in_query: preset.grant_type == GrantTypeIn::Query,
             },
             identity,
             ca: args.ca.clone(),
@@ -434,12 +420,13 @@ impl Config {
             },
             client: ClientOptions {
                 connect_timeout: args.connect_timeout,
-                http1_only: args.upstream_http1_only,
+                http1_only: args.upstream_http1_only || preset.http1_only,
                 ..ClientOptions::default()
             },
             proxy: ProxyOptions {
                 request_timeout: args.request_timeout,
                 token_wait: args.token_timeout,
+                extras: api_extras,
                 ..ProxyOptions::default()
             },
             server: ServerOptions {
@@ -456,6 +443,63 @@ impl Config {
             log_level: args.log_level.clone(),
             warnings,
         })
+    }
+}
+
+/// What the preset adds to every API call: a developer-key query parameter, a correlation id,
+/// a client-id header.
+fn api_extras(
+    args: &RunArgs,
+    preset: &Preset,
+    client_id: &str,
+    warnings: &mut Vec<String>,
+) -> Result<ApiExtras, ConfigError> {
+    let mut extras = ApiExtras::default();
+    match (preset.developer_key_param, &args.developer_key_file) {
+        (Some(param), Some(file)) => {
+            let key = read_secret("--developer-key-file", file, warnings)?;
+            extras.query = Some((param.to_owned(), key));
+        }
+        (Some(param), None) => {
+            return Err(err(
+                "--developer-key-file",
+                format!(
+                    "is required with --provider {}: its API wants `{param}=<developer application key>` on every call",
+                    preset.name
+                ),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                "--developer-key-file",
+                format!("--provider {} does not use a developer key", preset.name),
+            ));
+        }
+        (None, None) => {}
+    }
+    for h in preset.api_headers {
+        match *h {
+            ApiHeader::CorrelationId(name) => {
+                extras.correlation_id = Some(http::HeaderName::from_static(static_lower(name)));
+            }
+            ApiHeader::ClientId(name) => {
+                let value = http::HeaderValue::try_from(client_id)
+                    .map_err(|_| err("--client-id", "is not a valid header value"))?;
+                extras
+                    .headers
+                    .push((http::HeaderName::from_static(static_lower(name)), value));
+            }
+        }
+    }
+    Ok(extras)
+}
+
+/// Header names in the preset table are written as the PSP documents them; HTTP/2 and
+/// `http` want them lower-case (HTTP/1 header names are case-insensitive on the wire).
+fn static_lower(name: &'static str) -> &'static str {
+    match name {
+        "x-correlationID" => "x-correlationid",
+        other => other,
     }
 }
 

@@ -127,6 +127,7 @@ impl Demo {
             auth: ClientAuth::Post,
             encoding: TokenEncoding::Form,
             scope: Some("cob.write cob.read pix.read".into()),
+            grant_type_in_query: false,
         };
         let mut config = Config::with_defaults(
             local,

@@ -27,6 +27,7 @@ pub mod config;
 pub mod demo;
 pub mod generation;
 pub mod metrics;
+pub mod provider;
 pub mod proxy;
 pub mod reload;
 pub mod sandbox;

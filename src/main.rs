@@ -25,6 +25,12 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => run(*args),
         Some(Command::Demo(args)) => demo(args),
         Some(Command::Check(args)) => check(*args),
+        Some(Command::Providers) => {
+            print!("{}", pix_auth_proxy::provider::markdown_table());
+            println!();
+            print!("{}", pix_auth_proxy::provider::sources());
+            ExitCode::SUCCESS
+        }
         None => run(cli.run),
     }
 }

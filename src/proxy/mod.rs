@@ -92,6 +92,61 @@ impl ProxyError {
     }
 }
 
+/// What a PSP preset adds to every API call.
+#[derive(Clone, Default)]
+pub struct ApiExtras {
+    /// A query parameter appended to every call (name, value), e.g. BB's `gw-dev-app-key`.
+    pub query: Option<(String, secrecy::SecretString)>,
+    /// A header set to a fresh UUID v4 on every call unless the app sent one.
+    pub correlation_id: Option<http::HeaderName>,
+    /// Headers set on every call.
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
+}
+
+impl std::fmt::Debug for ApiExtras {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiExtras")
+            .field(
+                "query",
+                &self.query.as_ref().map(|(k, _)| (k, "<redacted>")),
+            )
+            .field("correlation_id", &self.correlation_id)
+            .field("headers", &self.headers)
+            .finish()
+    }
+}
+
+impl ApiExtras {
+    /// `name=value`, form-encoded, to append to every query string.
+    fn query_suffix(&self) -> Option<String> {
+        use secrecy::ExposeSecret;
+        self.query.as_ref().map(|(k, v)| {
+            let mut out = String::with_capacity(k.len() + v.expose_secret().len() + 8);
+            out.extend(form_urlencoded::byte_serialize(k.as_bytes()));
+            out.push('=');
+            out.extend(form_urlencoded::byte_serialize(
+                v.expose_secret().as_bytes(),
+            ));
+            out
+        })
+    }
+
+    fn apply(&self, headers: &mut HeaderMap) {
+        if let Some(name) = &self.correlation_id {
+            if !headers.contains_key(name) {
+                let id = uuid::Uuid::new_v4();
+                let mut buf = uuid::Uuid::encode_buffer();
+                if let Ok(v) = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)) {
+                    headers.insert(name.clone(), v);
+                }
+            }
+        }
+        for (k, v) in &self.headers {
+            headers.insert(k.clone(), v.clone());
+        }
+    }
+}
+
 /// Proxy settings.
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
@@ -101,6 +156,8 @@ pub struct ProxyOptions {
     pub token_wait: Duration,
     /// Request bodies up to this size are buffered so they can be replayed after a 401.
     pub replay_limit: usize,
+    /// What the PSP preset adds to every call.
+    pub extras: ApiExtras,
 }
 
 impl Default for ProxyOptions {
@@ -109,6 +166,7 @@ impl Default for ProxyOptions {
             request_timeout: Duration::from_secs(60),
             token_wait: Duration::from_secs(10),
             replay_limit: 64 * 1024,
+            extras: ApiExtras::default(),
         }
     }
 }
@@ -125,6 +183,7 @@ struct Inner {
     current: Current,
     metrics: Arc<Metrics>,
     opts: ProxyOptions,
+    query_suffix: Option<secrecy::SecretString>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -176,6 +235,7 @@ impl Proxy {
                 own_authorities,
                 current,
                 metrics,
+                query_suffix: opts.extras.query_suffix().map(secrecy::SecretString::from),
                 opts,
             }),
         }
@@ -214,12 +274,17 @@ impl Proxy {
                 return Err(ProxyError::ForbiddenTarget(reason));
             }
         }
-        let uri = inner.target.uri_for(req.uri()).map_err(|e| {
+        let extra_query = inner
+            .query_suffix
+            .as_ref()
+            .map(secrecy::ExposeSecret::expose_secret);
+        let uri = inner.target.uri_for(req.uri(), extra_query).map_err(|e| {
             ProxyError::BadRequest(format!("request target cannot be rewritten: {e}"))
         })?;
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
         rewrite::clean_request_headers(&mut headers);
+        inner.opts.extras.apply(&mut headers);
         let out = Outgoing {
             method: parts.method,
             uri,

@@ -34,23 +34,35 @@ impl UpstreamTarget {
         &self.authority
     }
 
-    /// The upstream URI for an incoming request's path and query, byte for byte.
-    pub fn uri_for(&self, incoming: &Uri) -> Result<Uri, http::Error> {
+    /// The upstream URI for an incoming request's path and query, byte for byte, with
+    /// `extra_query` (`name=value`, already encoded) appended to the query if given.
+    pub fn uri_for(&self, incoming: &Uri, extra_query: Option<&str>) -> Result<Uri, http::Error> {
         let pq = incoming
             .path_and_query()
             .map(PathAndQuery::as_str)
             .unwrap_or("/");
         // `OPTIONS *` targets the server as a whole: send it to the base path.
         let pq = if pq == "*" { "/" } else { pq };
-        let path_and_query = if self.base_path.is_empty() {
+        let path_and_query = if self.base_path.is_empty() && extra_query.is_none() {
             PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(pq.as_bytes()))?
         } else {
-            let mut joined = BytesMut::with_capacity(self.base_path.len() + pq.len());
+            let extra_len = extra_query.map_or(0, |q| q.len() + 1);
+            let mut joined =
+                BytesMut::with_capacity(self.base_path.len() + pq.len() + extra_len + 1);
             joined.extend_from_slice(self.base_path.as_bytes());
             if !pq.starts_with('/') {
                 joined.extend_from_slice(b"/");
             }
             joined.extend_from_slice(pq.as_bytes());
+            if let Some(q) = extra_query {
+                let sep: &[u8] = match incoming.query() {
+                    None => b"?",
+                    Some("") => b"",
+                    Some(_) => b"&",
+                };
+                joined.extend_from_slice(sep);
+                joined.extend_from_slice(q.as_bytes());
+            }
             PathAndQuery::from_maybe_shared(joined.freeze())?
         };
         Uri::builder()
@@ -163,9 +175,10 @@ mod tests {
     fn path_and_query_are_joined_byte_for_byte() {
         let t = target("https://api.bb.com.br/pix/v2/");
         let u = t
-            .uri_for(&Uri::from_static(
-                "/cob/abc%2F1?inicio=2024-01-01T00:00:00Z&a=%20b&&x",
-            ))
+            .uri_for(
+                &Uri::from_static("/cob/abc%2F1?inicio=2024-01-01T00:00:00Z&a=%20b&&x"),
+                None,
+            )
             .unwrap();
         assert_eq!(
             u.to_string(),
@@ -173,10 +186,29 @@ mod tests {
         );
         let root = target("https://psp.example:8443");
         assert_eq!(
-            root.uri_for(&Uri::from_static("/a//b/../c?"))
+            root.uri_for(&Uri::from_static("/a//b/../c?"), None)
                 .unwrap()
                 .to_string(),
             "https://psp.example:8443/a//b/../c?"
+        );
+    }
+
+    #[test]
+    fn extra_query_is_appended_after_the_apps_own() {
+        let t = target("https://api.bb.com.br/pix/v2");
+        let k = Some("gw-dev-app-key=k%2B1");
+        let uri = |s: &'static str| t.uri_for(&Uri::from_static(s), k).unwrap().to_string();
+        assert_eq!(
+            uri("/cob/x"),
+            "https://api.bb.com.br/pix/v2/cob/x?gw-dev-app-key=k%2B1"
+        );
+        assert_eq!(
+            uri("/cob?a=1"),
+            "https://api.bb.com.br/pix/v2/cob?a=1&gw-dev-app-key=k%2B1"
+        );
+        assert_eq!(
+            uri("/cob?"),
+            "https://api.bb.com.br/pix/v2/cob?gw-dev-app-key=k%2B1"
         );
     }
 

@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::pki::{Leaf, Pki};
 use crate::telemetry::hex;
-use crate::token::endpoint::ClientAuth;
+use crate::token::endpoint::{ClientAuth, TokenEncoding};
 
 /// Path of the token endpoint.
 pub const TOKEN_PATH: &str = "/oauth/token";
@@ -44,6 +44,14 @@ pub struct PspSettings {
     pub token_ttl: Duration,
     /// Status of a successful token response (200, or 201 as Pagstar answers).
     pub token_status: StatusCode,
+    /// Demand this body encoding (`None`: accept form or JSON).
+    pub encoding: Option<TokenEncoding>,
+    /// Demand `grant_type=client_credentials` in the token URL's query, not the body.
+    pub grant_type_in_query: bool,
+    /// Demand a `scope`.
+    pub require_scope: bool,
+    /// Grant only these scopes (space-separated), whatever was asked.
+    pub grant_scope: Option<String>,
     /// Serve Pix-shaped endpoints (`PUT`/`GET /cob/{txid}`, `GET /pix`) instead of echoing
     /// those paths. Every other path always echoes.
     pub pix_api: bool,
@@ -57,6 +65,10 @@ impl Default for PspSettings {
             auth: ClientAuth::Post,
             token_ttl: Duration::from_secs(300),
             token_status: StatusCode::OK,
+            encoding: None,
+            grant_type_in_query: false,
+            require_scope: false,
+            grant_scope: None,
             pix_api: false,
         }
     }
@@ -366,6 +378,27 @@ async fn token_endpoint(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
+    match settings.encoding {
+        Some(TokenEncoding::Json) if !is_json => {
+            return oauth_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request",
+                "Content-Type must be application/json",
+            );
+        }
+        Some(TokenEncoding::Form) if is_json => {
+            return oauth_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request",
+                "Content-Type must be application/x-www-form-urlencoded",
+            );
+        }
+        _ => {}
+    }
+    let query_grant = req.uri().query().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .any(|(k, v)| k == "grant_type" && v == "client_credentials")
+    });
     let Ok(body) = http_body_util::Limited::new(req.into_body(), 64 * 1024)
         .collect()
         .await
@@ -390,11 +423,29 @@ async fn token_endpoint(
     } else {
         form_urlencoded::parse(&body).into_owned().collect()
     };
-    if fields.get("grant_type").map(String::as_str) != Some("client_credentials") {
+    let body_grant = fields.get("grant_type").map(String::as_str) == Some("client_credentials");
+    let grant_ok = if settings.grant_type_in_query {
+        query_grant && !fields.contains_key("grant_type")
+    } else {
+        body_grant
+    };
+    if !grant_ok {
+        let where_ = if settings.grant_type_in_query {
+            "the query string"
+        } else {
+            "the body"
+        };
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
-            "grant_type must be client_credentials",
+            &format!("grant_type=client_credentials must be in {where_}"),
+        );
+    }
+    if settings.require_scope && fields.get("scope").is_none_or(|s| s.trim().is_empty()) {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            "scope is required",
         );
     }
     let body_id = fields.get("client_id");
@@ -438,7 +489,7 @@ async fn token_endpoint(
         "token_type": "Bearer",
         "not-before-policy": 0,
     });
-    if let Some(scope) = fields.get("scope") {
+    if let Some(scope) = settings.grant_scope.as_ref().or(fields.get("scope")) {
         body["scope"] = serde_json::Value::from(scope.as_str());
     }
     json(settings.token_status, body)

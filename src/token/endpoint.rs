@@ -65,6 +65,8 @@ pub struct TokenRequest {
     pub encoding: TokenEncoding,
     /// Space-separated scopes to request, if any.
     pub scope: Option<String>,
+    /// Send `grant_type=client_credentials` in the URL's query instead of the body.
+    pub grant_type_in_query: bool,
 }
 
 impl std::fmt::Debug for TokenRequest {
@@ -79,6 +81,7 @@ impl std::fmt::Debug for TokenRequest {
             .field("auth", &self.auth)
             .field("encoding", &self.encoding)
             .field("scope", &self.scope)
+            .field("grant_type_in_query", &self.grant_type_in_query)
             .finish()
     }
 }
@@ -273,7 +276,10 @@ impl TokenClient {
 /// Build the token request for `req`'s dialect.
 pub fn build_request(req: &TokenRequest) -> Request<Full<Bytes>> {
     let secret = req.client_secret.as_ref().map(|s| s.expose_secret());
-    let mut fields: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
+    let mut fields: Vec<(&str, &str)> = Vec::new();
+    if !req.grant_type_in_query {
+        fields.push(("grant_type", "client_credentials"));
+    }
     match req.auth {
         ClientAuth::Post => {
             fields.push(("client_id", &req.client_id));
@@ -303,9 +309,16 @@ pub fn build_request(req: &TokenRequest) -> Request<Full<Bytes>> {
             )
         }
     };
+    let uri = if req.grant_type_in_query {
+        let sep = if req.url.query().is_some() { '&' } else { '?' };
+        Uri::try_from(format!("{}{sep}grant_type=client_credentials", req.url))
+            .unwrap_or_else(|_| req.url.clone())
+    } else {
+        req.url.clone()
+    };
     let mut builder = Request::builder()
         .method(Method::POST)
-        .uri(req.url.clone())
+        .uri(uri)
         .header(header::CONTENT_TYPE, content_type)
         .header(header::ACCEPT, "application/json");
     if req.auth == ClientAuth::Basic {
@@ -556,6 +569,7 @@ mod tests {
             auth,
             encoding,
             scope: Some("cob.read cob.write".into()),
+            grant_type_in_query: false,
         }
     }
 

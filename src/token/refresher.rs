@@ -133,6 +133,7 @@ pub struct Refresher {
     metrics: Arc<Metrics>,
     cache: Option<Arc<SharedCache>>,
     next_version: u64,
+    scope_warned: bool,
 }
 
 impl Refresher {
@@ -151,6 +152,7 @@ impl Refresher {
             metrics,
             cache: None,
             next_version: 1,
+            scope_warned: false,
         }
     }
 
@@ -360,6 +362,7 @@ impl Refresher {
         }
         let version = self.next_version.max(have.unwrap_or(0) + 1);
         let g = self.client.fetch().await?;
+        self.check_scope(g.scope.as_deref());
         Ok(Obtained {
             expires_at: g.sent_at + g.lifetime,
             access_token: g.access_token,
@@ -367,6 +370,30 @@ impl Refresher {
             lifetime: g.lifetime,
             adopted: false,
         })
+    }
+
+    /// Warn once when the PSP granted less than was asked: the 403s come later, far from
+    /// their cause.
+    fn check_scope(&mut self, granted: Option<&str>) {
+        let (Some(requested), Some(granted)) = (self.client.request().scope.as_deref(), granted)
+        else {
+            return;
+        };
+        let granted: Vec<&str> = granted.split_whitespace().collect();
+        let missing: Vec<&str> = requested
+            .split_whitespace()
+            .filter(|s| !granted.contains(s))
+            .collect();
+        if !missing.is_empty() && !self.scope_warned {
+            self.scope_warned = true;
+            tracing::warn!(
+                event = "scope_narrower",
+                requested,
+                granted = %granted.join(" "),
+                missing = %missing.join(" "),
+                "the PSP granted fewer scopes than requested: calls needing them will get 403"
+            );
+        }
     }
 
     fn forced_due(&self, last_forced: Option<Instant>) -> ForcedCheck {

@@ -9,6 +9,7 @@ mod cache;
 mod check;
 mod demo;
 mod identity;
+mod providers;
 mod proxy;
 mod reload;
 mod token;
