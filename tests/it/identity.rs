@@ -219,3 +219,79 @@ async fn unusable_pkcs12_files_are_refused_at_start_with_one_clear_line() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--cert"), "{stderr}");
 }
+
+#[tokio::test]
+async fn pem_identities_with_each_key_format_and_a_chain_file_serve_requests() {
+    let env = Env::new().await;
+    let psp = psp_trusting_fixture_root(&env).await;
+    let read = |f: &str| std::fs::read_to_string(fixture(f)).unwrap();
+    let intermediate = read("intermediate-ca.pem");
+    // Leaf first, then the intermediate: the PSP trusts only the root.
+    env.write(
+        "rsa-chain.pem",
+        format!("{}{intermediate}", read("client.pem")).as_bytes(),
+    );
+    env.write(
+        "ec-chain.pem",
+        format!("{}{intermediate}", read("client-ec.pem")).as_bytes(),
+    );
+    let cases = [
+        (
+            "PKCS#8 RSA",
+            "rsa-chain.pem",
+            "client-key.pem",
+            "client.pem",
+            "-----BEGIN PRIVATE KEY-----",
+        ),
+        (
+            "PKCS#1 RSA",
+            "rsa-chain.pem",
+            "client-key-pkcs1.pem",
+            "client.pem",
+            "-----BEGIN RSA PRIVATE KEY-----",
+        ),
+        (
+            "PKCS#8 EC",
+            "ec-chain.pem",
+            "client-ec-key-pkcs8.pem",
+            "client-ec.pem",
+            "-----BEGIN PRIVATE KEY-----",
+        ),
+        (
+            "SEC1 EC",
+            "ec-chain.pem",
+            "client-ec-key-sec1.pem",
+            "client-ec.pem",
+            "-----BEGIN EC PRIVATE KEY-----",
+        ),
+    ];
+    for (name, chain, key, leaf, header) in cases {
+        assert!(read(key).starts_with(header), "{name}");
+        let mut argv = vec!["pix-auth-proxy".to_string()];
+        let mut flags = p12_flags(&env, &psp, "client-modern.p12", None);
+        let i = flags.iter().position(|x| x == "--pkcs12").unwrap();
+        flags.drain(i..i + 2);
+        flags.extend([
+            "--cert".into(),
+            env.p(chain),
+            "--key".into(),
+            fixture(key).display().to_string(),
+        ]);
+        argv.extend(flags);
+        let args = <pix_auth_proxy::cli::RunArgs as clap::Parser>::try_parse_from(argv).unwrap();
+        let config =
+            pix_auth_proxy::config::Config::from_args(&args, Default::default()).expect(name);
+        let sidecar = Running::start(config).await;
+        let got = get(&sidecar.url("/cob/pem")).await;
+        assert_eq!(
+            got.status,
+            200,
+            "{name}: {}",
+            String::from_utf8_lossy(&got.body)
+        );
+        let expected = pix_auth_proxy::telemetry::hex(&pix_auth_proxy::tls::sha256(
+            fixture_cert(leaf).as_ref(),
+        ));
+        assert_eq!(got.json()["client_cert_sha256"], expected, "{name}");
+    }
+}
