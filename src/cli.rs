@@ -76,18 +76,9 @@ pub struct DemoArgs {
     #[arg(long, env = "PIX_AUTH_PROXY_WRITE_CERTS")]
     pub write_certs: Option<PathBuf>,
 
-    /// Log format.
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
-    pub log_format: LogFormat,
-
-    /// Log filter (e.g. info, debug). Default: RUST_LOG, else info.
-    #[arg(long, env = "PIX_AUTH_PROXY_LOG_LEVEL")]
-    pub log_level: Option<String>,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 fn secret(s: &str) -> Result<SecretString, String> {
@@ -270,6 +261,14 @@ pub struct RunArgs {
     #[arg(long, env = "PIX_AUTH_PROXY_MAX_HEADER_BYTES", default_value_t = 65536)]
     pub max_header_bytes: usize,
 
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Logging flags, shared by every subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
     /// Log format.
     #[arg(
         long,

@@ -439,8 +439,8 @@ impl Config {
             cache,
             client_secret_file: args.client_secret_file.clone(),
             reload_interval: args.reload_interval,
-            log_format: args.log_format,
-            log_level: args.log_level.clone(),
+            log_format: args.log.log_format,
+            log_level: args.log.log_level.clone(),
             warnings,
         })
     }

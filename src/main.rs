@@ -142,7 +142,7 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 fn demo(args: DemoArgs) -> ExitCode {
-    if let Err(code) = init_logs(args.log_format, args.log_level.as_deref()) {
+    if let Err(code) = init_logs(args.log.log_format, args.log.log_level.as_deref()) {
         return code;
     }
     let runtime = match runtime() {

@@ -1,11 +1,11 @@
 //! The admin listener: probes, metrics, and the shutdown sequence Kubernetes relies on.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use http::Request;
 use pix_auth_proxy::sandbox::TokenMode;
 
+use crate::support::process::spawn;
 use crate::support::*;
 
 fn scrape(text: &str) -> prometheus_parse::Scrape {
@@ -183,8 +183,6 @@ async fn oversized_request_headers_are_refused_with_431() {
     assert_eq!(env.psp.api_requests(), 0);
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_pix-auth-proxy");
-
 #[tokio::test]
 async fn sigterm_flips_readiness_keeps_serving_through_the_delay_drains_and_exits_0() {
     let env = Env::new().await;
@@ -194,8 +192,8 @@ async fn sigterm_flips_readiness_keeps_serving_through_the_delay_drains_and_exit
         format!("127.0.0.1:{port}"),
         format!("127.0.0.1:{admin_port}"),
     );
-    let mut child = tokio::process::Command::new(BIN)
-        .args(env.flags(&[
+    let mut child = spawn(
+        &env.flags(&[
             "--listen",
             &listen,
             "--admin-listen",
@@ -204,39 +202,12 @@ async fn sigterm_flips_readiness_keeps_serving_through_the_delay_drains_and_exit
             "1s",
             "--shutdown-timeout",
             "10s",
-        ]))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let logs = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut buf).await;
-        String::from_utf8_lossy(&buf).into_owned()
-    });
+        ]),
+        &[],
+        false,
+    );
     let ready_url = format!("http://{admin}/readyz");
-    let mut ready = false;
-    for _ in 0..100 {
-        if let Ok(Ok(r)) = tokio::time::timeout(
-            Duration::from_millis(500),
-            http_client().get(ready_url.parse().unwrap()),
-        )
-        .await
-        {
-            if r.status() == 200 {
-                ready = true;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "ready: {}", {
-        let _ = child.start_kill();
-        logs.await.unwrap()
-    });
+    child.wait_for_200(&ready_url).await;
 
     // Slow PSP: requests in flight when SIGTERM arrives.
     env.psp.set_api_delay(Duration::from_millis(1_500));
@@ -246,14 +217,7 @@ async fn sigterm_flips_readiness_keeps_serving_through_the_delay_drains_and_exit
         slow.push(tokio::spawn(async move { get(&url).await.status }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    child.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(get(&ready_url).await.status, 503, "readiness flips at once");
     // During the delay, new connections are still served.
@@ -272,12 +236,8 @@ async fn sigterm_flips_readiness_keeps_serving_through_the_delay_drains_and_exit
     for t in slow {
         assert_eq!(t.await.unwrap(), 200, "in-flight requests complete");
     }
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("exits")
-        .unwrap();
-    let logs = logs.await.unwrap();
-    assert_eq!(status.code(), Some(0), "{logs}");
+    let (code, logs) = child.finish(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0), "{logs}");
     assert!(
         logs.contains("shutdown_delay") && logs.contains("draining"),
         "{logs}"

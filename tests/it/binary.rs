@@ -3,6 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::process::spawn;
 use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pix-auth-proxy");
@@ -192,44 +193,13 @@ async fn binary_serves_with_env_secret_and_json_logs_then_sigterm_drains_and_exi
         .position(|f| f == "--client-secret-file")
         .unwrap();
     flags.drain(i..i + 2);
-    let mut child = tokio::process::Command::new(BIN)
-        .args(&flags)
-        .env("PIX_AUTH_PROXY_CLIENT_SECRET", &env.settings.client_secret)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    // Drain stderr while the process runs: a full pipe would block its logging.
-    let mut stderr = child.stderr.take().unwrap();
-    let log_reader = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut buf).await;
-        String::from_utf8_lossy(&buf).into_owned()
-    });
+    let mut child = spawn(
+        &flags,
+        &[("PIX_AUTH_PROXY_CLIENT_SECRET", &env.settings.client_secret)],
+        false,
+    );
     let url = format!("http://{listen}/cob/bin");
-    let mut up = false;
-    for _ in 0..100 {
-        if let Ok(Ok(resp)) = tokio::time::timeout(
-            Duration::from_millis(500),
-            http_client().get(url.parse().unwrap()),
-        )
-        .await
-        {
-            up = resp.status() == 200;
-            if up {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    if !up {
-        let _ = child.start_kill();
-        panic!("the binary does not serve: {}", log_reader.await.unwrap());
-    }
+    child.wait_for_200(&url).await;
     // A 401 + replay and a token refusal, so the logs cover the sensitive paths.
     env.psp.reject_next_api(1);
     assert_eq!(get(&url).await.status, 200);
@@ -241,18 +211,10 @@ async fn binary_serves_with_env_secret_and_json_logs_then_sigterm_drains_and_exi
         async move { get(&url).await.status }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    child.signal("TERM");
     assert_eq!(slow.await.unwrap(), 200, "the in-flight request finished");
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("exits")
-        .unwrap();
-    let logs = log_reader.await.unwrap();
-    assert_eq!(status.code(), Some(0), "{logs}");
+    let (code, logs) = child.finish(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0), "{logs}");
     assert!(logs.contains("token_renewed"), "{logs}");
     for line in logs.lines() {
         assert!(

@@ -1,15 +1,13 @@
 //! `pix-auth-proxy demo` as a newcomer runs it: start it, paste the printed curl lines,
 //! Ctrl-C.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use http::{Method, Request};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use crate::support::process::spawn;
 use crate::support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_pix-auth-proxy");
 
 /// A `curl` line of the banner, as method, URL, headers and body.
 struct Curl {
@@ -49,29 +47,20 @@ fn parse_curl(line: &str) -> Curl {
 async fn demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c() {
     let port = bind().await.local_addr().unwrap().port();
     let admin_port = bind().await.local_addr().unwrap().port();
-    let mut child = tokio::process::Command::new(BIN)
-        .args([
-            "demo",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin_port}"),
-            "--demo-token-ttl",
-            "3s",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let logs = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut buf).await;
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut child = spawn(
+        &[
+            "demo".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{admin_port}"),
+            "--demo-token-ttl".into(),
+            "3s".into(),
+        ],
+        &[],
+        true,
+    );
+    let mut lines = BufReader::new(child.child.stdout.take().unwrap()).lines();
     let mut curls = Vec::new();
     while let Ok(Ok(Some(line))) =
         tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await
@@ -121,20 +110,9 @@ async fn demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c() {
     }
     // Renewals happen while it runs (3 s tokens).
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let pid = child.id().unwrap();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-INT", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("demo exits")
-        .unwrap();
-    let logs = logs.await.unwrap();
-    assert_eq!(status.code(), Some(0), "{logs}");
+    child.signal("INT");
+    let (code, logs) = child.finish(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0), "{logs}");
     assert!(
         logs.matches("token_renewed").count() >= 2,
         "renewals are logged: {logs}"

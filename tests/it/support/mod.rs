@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod logs;
+pub mod process;
 pub mod redis_server;
 
 use std::net::SocketAddr;
