@@ -249,6 +249,11 @@ pub struct RunArgs {
     #[arg(long, env = "PIX_AUTH_PROXY_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub shutdown_timeout: Duration,
 
+    /// Runtime worker threads; 0 = the CPUs this process may use (cgroup limits included).
+    /// With 1, a single-threaded runtime without work-stealing overhead is used.
+    #[arg(long, env = "PIX_AUTH_PROXY_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
     /// Connections from the app served at once (further ones wait).
     #[arg(long, env = "PIX_AUTH_PROXY_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,

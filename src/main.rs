@@ -43,14 +43,24 @@ fn init_logs(format: LogFormat, flag: Option<&str>) -> Result<(), ExitCode> {
     pix_auth_proxy::telemetry::init(format, &filter).map_err(|e| bad_input(&e))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("error: cannot start the runtime: {e}");
-            ExitCode::FAILURE
-        })
+/// The runtime: single-threaded when one worker is all this process may use (a sidecar
+/// with a 1-CPU limit), which saves the work-stealing scheduler's cost on every wake-up.
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn secrets_from_env() -> SecretEnv {
@@ -78,7 +88,7 @@ fn check(args: RunArgs) -> ExitCode {
     ) {
         return code;
     }
-    let runtime = match runtime() {
+    let runtime = match runtime(1) {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -104,13 +114,15 @@ fn run(args: RunArgs) -> ExitCode {
     }
     let listen = config.listen;
     let admin_listen = config.admin_listen;
+    let runtime = match runtime(args.worker_threads) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    // Clients (the shared cache's included) are built inside the runtime's context.
+    let _context = runtime.enter();
     let sidecar = match Sidecar::new(config) {
         Ok(s) => s,
         Err(e) => return bad_input(&e),
-    };
-    let runtime = match runtime() {
-        Ok(r) => r,
-        Err(code) => return code,
     };
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(listen).await {
@@ -145,7 +157,7 @@ fn demo(args: DemoArgs) -> ExitCode {
     if let Err(code) = init_logs(args.log.log_format, args.log.log_level.as_deref()) {
         return code;
     }
-    let runtime = match runtime() {
+    let runtime = match runtime(0) {
         Ok(r) => r,
         Err(code) => return code,
     };
