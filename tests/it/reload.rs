@@ -32,6 +32,19 @@ fn publish(dir: &Path, version: &str, cert_pem: &str, key_pem: &str) {
     }
 }
 
+/// A sidecar reading its identity from `dir` (first published as `version`), polling it
+/// every 100 ms; ready.
+async fn sidecar_on_identity_dir(env: &Env, dir: &Path, version: &str) -> Running {
+    publish(dir, version, &env.client.cert_pem, &env.client.key_pem);
+    let cert = dir.join("cert.pem").display().to_string();
+    let key = dir.join("key.pem").display().to_string();
+    let sidecar = env
+        .sidecar(&["--cert", &cert, "--key", &key, "--reload-interval", "100ms"])
+        .await;
+    sidecar.ready().await;
+    sidecar
+}
+
 fn sha(leaf: &Leaf) -> String {
     pix_auth_proxy::telemetry::hex(&pix_auth_proxy::tls::sha256(leaf.cert_der.as_ref()))
 }
@@ -75,18 +88,7 @@ async fn rotating_the_identity_under_load_drops_nothing_and_refetches_the_token_
     let env = Env::new().await;
     let dir = env.path("identity");
     std::fs::create_dir_all(&dir).unwrap();
-    publish(
-        &dir,
-        "2026_11_01",
-        &env.client.cert_pem,
-        &env.client.key_pem,
-    );
-    let cert = dir.join("cert.pem").display().to_string();
-    let key = dir.join("key.pem").display().to_string();
-    let sidecar = env
-        .sidecar(&["--cert", &cert, "--key", &key, "--reload-interval", "100ms"])
-        .await;
-    sidecar.ready().await;
+    let sidecar = sidecar_on_identity_dir(&env, &dir, "2026_11_01").await;
     let old_sha = env.client_cert_sha256();
     assert_eq!(
         get(&sidecar.url("/cob/a")).await.json()["client_cert_sha256"],
@@ -150,13 +152,7 @@ async fn a_broken_new_identity_keeps_the_old_one_serving_and_is_reported_then_a_
     let env = Env::new().await;
     let dir = env.path("identity");
     std::fs::create_dir_all(&dir).unwrap();
-    publish(&dir, "v1", &env.client.cert_pem, &env.client.key_pem);
-    let cert = dir.join("cert.pem").display().to_string();
-    let key = dir.join("key.pem").display().to_string();
-    let sidecar = env
-        .sidecar(&["--cert", &cert, "--key", &key, "--reload-interval", "100ms"])
-        .await;
-    sidecar.ready().await;
+    let sidecar = sidecar_on_identity_dir(&env, &dir, "v1").await;
 
     // New certificate, but the key of another one.
     let new = env.pki.client("new").unwrap();
