@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use crate::config::Config;
 use crate::tls::Identity;
 use crate::token::TokenClient;
-use crate::token::endpoint::{TokenError, is_tls};
+use crate::token::endpoint::{TokenError, is_tls, rustls_cause};
 
 /// One line of the report.
 #[derive(Debug, Clone)]
@@ -158,20 +158,7 @@ fn describe_identity(report: &mut Report, identity: &Identity) {
 
 /// Why a TLS failure happened, in words.
 fn tls_cause(err: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = next {
-        if let Some(r) = e.downcast_ref::<rustls::Error>() {
-            return Some(describe_rustls(r));
-        }
-        next = match e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => e.source(),
-        };
-    }
-    None
+    rustls_cause(err).map(describe_rustls)
 }
 
 fn describe_rustls(e: &rustls::Error) -> String {

@@ -119,15 +119,11 @@ impl PasswordSource {
     fn read(&self) -> Result<SecretString, TlsError> {
         match self {
             PasswordSource::Value(v) => Ok(v.clone()),
-            PasswordSource::File(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| TlsError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                Ok(SecretString::from(
-                    text.trim_end_matches(['\r', '\n']).to_owned(),
-                ))
-            }
+            // An empty file is a valid (empty) PKCS#12 password.
+            PasswordSource::File(path) => read_secret_file(path).map_err(|source| TlsError::Read {
+                path: path.clone(),
+                source,
+            }),
         }
     }
 }
@@ -226,15 +222,7 @@ impl Config {
     pub fn read_client_secret(&self) -> Result<Option<SecretString>, String> {
         match &self.client_secret_file {
             None => Ok(None),
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                let trimmed = text.trim_end_matches(['\r', '\n']);
-                if trimmed.is_empty() {
-                    return Err(format!("{}: file is empty", path.display()));
-                }
-                Ok(Some(SecretString::from(trimmed.to_owned())))
-            }
+            Some(path) => read_non_empty_secret(path).map(Some),
         }
     }
 
@@ -480,27 +468,22 @@ fn api_extras(
     for h in preset.api_headers {
         match *h {
             ApiHeader::CorrelationId(name) => {
-                extras.correlation_id = Some(http::HeaderName::from_static(static_lower(name)));
+                extras.correlation_id = Some(header_name(name));
             }
             ApiHeader::ClientId(name) => {
                 let value = http::HeaderValue::try_from(client_id)
                     .map_err(|_| err("--client-id", "is not a valid header value"))?;
-                extras
-                    .headers
-                    .push((http::HeaderName::from_static(static_lower(name)), value));
+                extras.headers.push((header_name(name), value));
             }
         }
     }
     Ok(extras)
 }
 
-/// Header names in the preset table are written as the PSP documents them; HTTP/2 and
-/// `http` want them lower-case (HTTP/1 header names are case-insensitive on the wire).
-fn static_lower(name: &'static str) -> &'static str {
-    match name {
-        "x-correlationID" => "x-correlationid",
-        other => other,
-    }
+/// A preset's header name, written as the PSP documents it (`x-correlationID`); `from_bytes`
+/// lower-cases it, as HTTP/2 requires (HTTP/1 names are case-insensitive on the wire).
+fn header_name(name: &'static str) -> http::HeaderName {
+    http::HeaderName::from_bytes(name.as_bytes()).expect("preset header names are valid tokens")
 }
 
 fn cache_config(
@@ -649,17 +632,31 @@ fn read_secret(
     warnings: &mut Vec<String>,
 ) -> Result<SecretString, ConfigError> {
     readable_file(flag, path)?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| err(flag, format!("{}: cannot read: {e}", path.display())))?;
-    // Secret files usually end with a newline (echo, kubectl create secret --from-file).
-    let trimmed = text.trim_end_matches(['\r', '\n']);
-    if trimmed.is_empty() {
-        return Err(err(flag, format!("{}: file is empty", path.display())));
-    }
+    let secret = read_non_empty_secret(path).map_err(|e| err(flag, e))?;
     if let Some(w) = permissive_mode(path) {
         warnings.push(format!("{flag} {}: {w}", path.display()));
     }
-    Ok(SecretString::from(trimmed.to_owned()))
+    Ok(secret)
+}
+
+/// Read a secret file. Secret files usually end with a newline (`echo`, `kubectl create
+/// secret --from-file`), which is not part of the secret.
+fn read_secret_file(path: &Path) -> std::io::Result<SecretString> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(SecretString::from(
+        text.trim_end_matches(['\r', '\n']).to_owned(),
+    ))
+}
+
+/// [`read_secret_file`], refusing an empty secret; the error names the file.
+fn read_non_empty_secret(path: &Path) -> Result<SecretString, String> {
+    use secrecy::ExposeSecret;
+    let secret =
+        read_secret_file(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    if secret.expose_secret().is_empty() {
+        return Err(format!("{}: file is empty", path.display()));
+    }
+    Ok(secret)
 }
 
 #[cfg(test)]

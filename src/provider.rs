@@ -374,6 +374,20 @@ mod tests {
     }
 
     #[test]
+    fn preset_header_names_are_valid_header_names() {
+        for p in PRESETS {
+            for h in p.api_headers {
+                let (ApiHeader::CorrelationId(n) | ApiHeader::ClientId(n)) = h;
+                assert!(
+                    http::HeaderName::from_bytes(n.as_bytes()).is_ok(),
+                    "{}: {n}",
+                    p.name
+                );
+            }
+        }
+    }
+
+    #[test]
     fn names_are_unique() {
         let mut names: Vec<_> = PRESETS.iter().map(|p| p.name).collect();
         names.sort_unstable();

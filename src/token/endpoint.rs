@@ -155,15 +155,16 @@ impl TokenError {
     }
 }
 
-/// Whether a client error came from the TLS layer (handshake refused, unknown CA, …).
+/// The rustls error behind a client error, if the failure came from the TLS layer
+/// (handshake refused, unknown CA, …).
 ///
 /// hyper-rustls wraps tokio-rustls' `io::Error` in another `io::Error`, and `io::Error`'s
 /// `source()` skips the error it wraps, so descend through `get_ref()` instead.
-pub fn is_tls(err: &(dyn std::error::Error + 'static)) -> bool {
+pub fn rustls_cause<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = next {
-        if e.is::<rustls::Error>() {
-            return true;
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(r);
         }
         next = match e
             .downcast_ref::<std::io::Error>()
@@ -173,7 +174,12 @@ pub fn is_tls(err: &(dyn std::error::Error + 'static)) -> bool {
             None => e.source(),
         };
     }
-    false
+    None
+}
+
+/// Whether a client error came from the TLS layer.
+pub fn is_tls(err: &(dyn std::error::Error + 'static)) -> bool {
+    rustls_cause(err).is_some()
 }
 
 /// A token granted by the endpoint, validated.
