@@ -20,7 +20,6 @@ use crate::token::TokenCell;
 #[derive(Debug, Default)]
 pub struct Health {
     shutting_down: AtomicBool,
-    identity_loaded: AtomicBool,
 }
 
 impl Health {
@@ -28,7 +27,6 @@ impl Health {
     pub fn new() -> Self {
         Self {
             shutting_down: AtomicBool::new(false),
-            identity_loaded: AtomicBool::new(true),
         }
     }
 
@@ -42,18 +40,10 @@ impl Health {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
-    /// Record whether a usable identity is loaded.
-    pub fn set_identity_loaded(&self, loaded: bool) {
-        self.identity_loaded.store(loaded, Ordering::SeqCst);
-    }
-
     /// `Ok` if ready to serve, else why not.
     pub fn readiness(&self, cell: &TokenCell) -> Result<(), &'static str> {
         if self.is_shutting_down() {
             return Err("shutting down");
-        }
-        if !self.identity_loaded.load(Ordering::SeqCst) {
-            return Err("no client identity loaded");
         }
         if cell.usable(Instant::now()).is_none() {
             return Err("no usable access token");

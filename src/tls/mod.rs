@@ -277,15 +277,6 @@ pub fn root_store(
     Ok(roots)
 }
 
-/// Trust anchors taken only from PEM bytes (tests and the sandbox: no system store).
-pub fn root_store_from_pem(label: &Path, pem: &[u8]) -> Result<RootCertStore, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for cert in certs_from_pem(label, pem)? {
-        roots.add(cert)?;
-    }
-    Ok(roots)
-}
-
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.to_owned(),

@@ -366,11 +366,6 @@ impl SharedCache {
         })
     }
 
-    /// The Redis key holding the token.
-    pub fn key(&self) -> &str {
-        &self.cache_key
-    }
-
     async fn timed<T>(
         &self,
         op: &'static str,

@@ -100,11 +100,6 @@ impl Token {
         self.version
     }
 
-    /// When the PSP considers the token expired.
-    pub fn expires_at(&self) -> Instant {
-        self.expires_at
-    }
-
     /// Wall-clock expiry (for metrics and logs only).
     pub fn expires_at_wall(&self) -> std::time::SystemTime {
         self.expires_at_wall
@@ -113,11 +108,6 @@ impl Token {
     /// The last instant at which the token may be injected (`expires_at − margin`).
     pub fn usable_until(&self) -> Instant {
         self.usable_until
-    }
-
-    /// The lifetime granted by the PSP, after clamping.
-    pub fn lifetime(&self) -> Duration {
-        self.lifetime
     }
 
     /// Short hash that names the token in logs.
@@ -210,11 +200,6 @@ impl TokenCell {
             self.inner.version_tx.send_replace(version);
         }
         stored
-    }
-
-    /// Drop the current token (e.g. it is past its usable time): readiness turns false.
-    pub fn clear(&self) {
-        self.inner.current.store(None);
     }
 
     /// Wait until a usable token with a version greater than `after` exists, or `timeout`

@@ -83,12 +83,8 @@ pub struct RefreshStats {
     pub fetch_ok: AtomicU64,
     /// Failed fetches.
     pub fetch_err: AtomicU64,
-    /// Renewals forced by an upstream 401.
-    pub forced: AtomicU64,
     /// Tokens adopted from the shared cache (no fetch).
     pub adopted: AtomicU64,
-    /// 401s reported by the proxy.
-    pub unauthorized: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -110,10 +106,6 @@ impl RefresherHandle {
     /// for a version that is no longer current are ignored by the refresher, so a burst of
     /// 401s for one token causes one renewal.
     pub fn report_rejected(&self, version: u64) {
-        self.shared
-            .stats
-            .unauthorized
-            .fetch_add(1, Ordering::Relaxed);
         self.shared.rejected.fetch_max(version, Ordering::AcqRel);
         self.shared.wake.notify_one();
     }
@@ -194,7 +186,6 @@ impl Refresher {
                 reason = "forced";
                 last_forced = Some(Instant::now());
                 self.metrics.forced_refresh();
-                self.shared.stats.forced.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     event = "token_forced_refresh",
                     "upstream rejected the current token; renewing"
