@@ -210,16 +210,27 @@ async fn sigterm_flips_readiness_keeps_serving_through_the_delay_drains_and_exit
     child.wait_for_200(&ready_url).await;
 
     // Slow PSP: requests in flight when SIGTERM arrives.
-    env.psp.set_api_delay(Duration::from_millis(1_500));
+    env.psp.set_api_delay(Duration::from_millis(2_500));
     let mut slow = Vec::new();
     for i in 0..5 {
         let url = format!("http://{listen}/cob/slow{i}");
         slow.push(tokio::spawn(async move { get(&url).await.status }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        eventually(Duration::from_secs(2), || env.psp.api_requests() == 5).await,
+        "the slow requests reached the PSP"
+    );
     child.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(get(&ready_url).await.status, 503, "readiness flips at once");
+    // Readiness flips well within the 1 s delay.
+    let mut flipped = false;
+    for _ in 0..25 {
+        if get(&ready_url).await.status == 503 {
+            flipped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(flipped, "readiness turns 503 at once");
     // During the delay, new connections are still served.
     env.psp.set_api_delay(Duration::ZERO);
     assert_eq!(
@@ -228,11 +239,20 @@ async fn sigterm_flips_readiness_keeps_serving_through_the_delay_drains_and_exit
             .status,
         200
     );
-    env.psp.set_api_delay(Duration::from_millis(1_500));
-    // After the delay, new connections are refused while the slow ones finish.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    let refused = tokio::net::TcpStream::connect(&listen).await;
-    assert!(refused.is_err(), "the listener is closed after the delay");
+    // After the delay the listener closes while the slow requests are still in flight.
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&listen).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the listener is closed after the delay");
+    assert!(
+        slow.iter().any(|t| !t.is_finished()),
+        "the listener closed while requests were still being drained"
+    );
     for t in slow {
         assert_eq!(t.await.unwrap(), 200, "in-flight requests complete");
     }
