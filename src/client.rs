@@ -2,16 +2,25 @@
 //! both built from the same identity.
 //!
 //! Owns: the hyper-util legacy client settings (pool idle timer, keep-alive, connect
-//! timeout, ALPN `h2` + `http/1.1` or `http/1.1` only).
+//! timeout, ALPN `h2` + `http/1.1` or `http/1.1` only) and the API client's protocol
+//! discovery ([`UpstreamClient`]).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::Uri;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::client::legacy::{Builder, Client, ResponseFuture};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
+use tokio::net::TcpStream;
+use tower_service::Service as _;
 
 /// Connection settings shared by the API and token clients.
 #[derive(Debug, Clone)]
@@ -34,7 +43,7 @@ impl Default for ClientOptions {
     }
 }
 
-/// A pooled HTTPS-only client presenting the identity in `tls`.
+/// A pooled HTTPS-only client presenting the identity in `tls` (ALPN decides the protocol).
 pub fn https_client<B>(
     tls: ClientConfig,
     opts: &ClientOptions,
@@ -43,6 +52,10 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    builder(opts).build(https_connector(tls, opts))
+}
+
+fn https_connector(tls: ClientConfig, opts: &ClientOptions) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -52,17 +65,198 @@ where
         .with_tls_config(tls)
         .https_only()
         .enable_http1();
-    let connector = if opts.http1_only {
+    if opts.http1_only {
         builder.wrap_connector(http)
     } else {
         builder.enable_http2().wrap_connector(http)
-    };
-    Client::builder(TokioExecutor::new())
+    }
+}
+
+fn builder(opts: &ClientOptions) -> Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         // Without a timer the idle timeout is silently ignored.
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(opts.pool_idle_timeout)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .http2_keep_alive_timeout(Duration::from_secs(10))
-        .build(connector)
+        .http2_keep_alive_timeout(Duration::from_secs(10));
+    builder
+}
+
+/// The app-facing API client: finds out once which protocol the PSP speaks, then keeps to it.
+///
+/// hyper-util only serialises connection set-up for HTTP/2 when it knows in advance that a
+/// destination speaks HTTP/2. With ALPN left open, a burst of N requests on a cold pool opens
+/// N TLS connections (N handshakes on the PSP) and keeps several of them. So requests go
+/// through a *discovery* client (ALPN `h2` + `http/1.1`) until a connection tells which one the
+/// PSP picks; once that is `h2`, they go through an `http2_only` client whose pool opens one
+/// connection at a time and multiplexes every request on it. A PSP that stops negotiating
+/// `h2` is noticed on the next new connection: that connection is refused with
+/// [`NotHttp2`] (no request was sent on it) and discovery starts again.
+pub struct UpstreamClient<B> {
+    discover: Client<AlpnLearner, B>,
+    h2: Option<Client<AlpnLearner, B>>,
+    learned: Arc<AtomicU8>,
+    connector: AlpnLearner,
+    base: Uri,
+}
+
+impl<B> Clone for UpstreamClient<B> {
+    fn clone(&self) -> Self {
+        Self {
+            discover: self.discover.clone(),
+            h2: self.h2.clone(),
+            learned: self.learned.clone(),
+            connector: self.connector.clone(),
+            base: self.base.clone(),
+        }
+    }
+}
+
+/// What the PSP negotiated on the newest connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// No connection yet.
+    Unknown,
+    /// HTTP/1.1 (ALPN `http/1.1` or none).
+    Http1,
+    /// HTTP/2 (ALPN `h2`).
+    Http2,
+}
+
+impl UpstreamProtocol {
+    const fn to_u8(self) -> u8 {
+        match self {
+            UpstreamProtocol::Unknown => 0,
+            UpstreamProtocol::Http1 => 1,
+            UpstreamProtocol::Http2 => 2,
+        }
+    }
+
+    const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => UpstreamProtocol::Http1,
+            2 => UpstreamProtocol::Http2,
+            _ => UpstreamProtocol::Unknown,
+        }
+    }
+
+    /// `"h2"`, `"http/1.1"` or `"unknown"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Unknown => "unknown",
+            UpstreamProtocol::Http1 => "http/1.1",
+            UpstreamProtocol::Http2 => "h2",
+        }
+    }
+}
+
+/// A new connection for the HTTP/2-only pool did not negotiate `h2`: it was closed before
+/// any request was written on it, so the request can be sent again through discovery.
+#[derive(Debug, thiserror::Error)]
+#[error("the PSP no longer negotiates HTTP/2 on new connections")]
+pub struct NotHttp2;
+
+impl<B> UpstreamClient<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Clients towards `base` presenting the identity in `tls`.
+    pub fn new(tls: ClientConfig, opts: &ClientOptions, base: Uri) -> Self {
+        let learned = Arc::new(AtomicU8::new(UpstreamProtocol::Unknown.to_u8()));
+        let connector = AlpnLearner {
+            inner: https_connector(tls, opts),
+            learned: learned.clone(),
+            require_h2: false,
+        };
+        let discover = builder(opts).build(connector.clone());
+        let h2 = (!opts.http1_only).then(|| {
+            let mut only_h2 = connector.clone();
+            only_h2.require_h2 = true;
+            builder(opts).http2_only(true).build(only_h2)
+        });
+        Self {
+            discover,
+            h2,
+            learned,
+            connector,
+            base,
+        }
+    }
+
+    /// The protocol the PSP negotiated on the newest connection.
+    pub fn protocol(&self) -> UpstreamProtocol {
+        UpstreamProtocol::from_u8(self.learned.load(Ordering::Relaxed))
+    }
+
+    /// Send `req` through the pool that fits what the PSP speaks.
+    pub fn request(&self, req: http::Request<B>) -> ResponseFuture {
+        match &self.h2 {
+            Some(h2) if self.protocol() == UpstreamProtocol::Http2 => h2.request(req),
+            _ => self.discover.request(req),
+        }
+    }
+
+    /// Open one TLS connection to the API host to learn its protocol before the first
+    /// request, so that even the first burst shares one HTTP/2 connection. The connection
+    /// is closed at once; nothing is sent on it.
+    pub async fn discover(&self) -> Result<UpstreamProtocol, BoxError> {
+        if self.protocol() != UpstreamProtocol::Unknown {
+            return Ok(self.protocol());
+        }
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+        drop(connector.call(self.base.clone()).await?);
+        Ok(self.protocol())
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type TlsIo = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// The HTTPS connector, recording which protocol each new connection negotiated.
+#[derive(Clone)]
+pub struct AlpnLearner {
+    inner: HttpsConnector<HttpConnector>,
+    learned: Arc<AtomicU8>,
+    require_h2: bool,
+}
+
+impl tower_service::Service<Uri> for AlpnLearner {
+    type Response = TlsIo;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<TlsIo, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let learned = self.learned.clone();
+        let require_h2 = self.require_h2;
+        Box::pin(async move {
+            let io = connecting.await?;
+            let protocol = if io.connected().is_negotiated_h2() {
+                UpstreamProtocol::Http2
+            } else {
+                UpstreamProtocol::Http1
+            };
+            let before = learned.swap(protocol.to_u8(), Ordering::Relaxed);
+            if before != protocol.to_u8() {
+                tracing::info!(
+                    event = "upstream_protocol",
+                    protocol = protocol.as_str(),
+                    previous = UpstreamProtocol::from_u8(before).as_str(),
+                    "PSP protocol learned from a new connection"
+                );
+            }
+            if require_h2 && protocol != UpstreamProtocol::Http2 {
+                return Err(NotHttp2.into());
+            }
+            Ok(io)
+        })
+    }
 }

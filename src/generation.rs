@@ -79,7 +79,7 @@ impl Generation {
         let identity = config.identity.load()?;
         let roots = crate::tls::root_store(config.ca.as_deref(), &config.extra_roots)?;
         let tls = identity.client_config(Arc::new(roots))?;
-        let client = crate::client::https_client(tls.clone(), &config.client);
+        let client = UpstreamClient::new(tls.clone(), &config.client, config.upstream.clone());
         // The token endpoint gets its own pool: its connections live on another host and
         // carry other timeouts.
         let token_http = crate::client::https_client(tls, &config.client);
@@ -124,6 +124,24 @@ impl Generation {
 
     /// Start the refresher on its own task; it stops when this generation is dropped.
     pub fn start(&self, refresher: Refresher) {
+        // Learn the PSP's protocol while the first token is being fetched, so that the
+        // first burst of requests shares one HTTP/2 connection instead of opening one each.
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let bound = Duration::from_secs(30);
+            let failure = match tokio::time::timeout(bound, client.discover()).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => crate::telemetry::error_chain(&*e),
+                Err(_) => format!("no TLS connection within {bound:?}"),
+            };
+            {
+                tracing::debug!(
+                    event = "upstream_discovery_failed",
+                    error = %failure,
+                    "could not learn the PSP's protocol ahead of the first request"
+                );
+            }
+        });
         let task = tokio::spawn(refresher.run());
         if let Ok(mut slot) = self.task.lock() {
             *slot = Some(task.abort_handle());

@@ -48,6 +48,27 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// The first error of type `T` in `err`'s chain, looking through `io::Error` wrappers
+/// (rustls and tokio-rustls hide their errors inside one).
+pub fn find_cause<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
 /// Render an error and its whole `source()` chain on one line: hyper's and rustls'
 /// `Display` only show the outermost layer.
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {

@@ -18,11 +18,9 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, V
 use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
 
+use crate::client::UpstreamProtocol;
 use crate::generation::{Current, Generation};
 use crate::metrics::Metrics;
 pub use problem::ProblemKind;
@@ -33,7 +31,7 @@ pub type UpstreamBody = Either<Full<Bytes>, Incoming>;
 /// Body returned to the app: the PSP's, streamed, or our problem body.
 pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 /// The pooled mTLS client used for API calls.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+pub type UpstreamClient = crate::client::UpstreamClient<UpstreamBody>;
 
 /// A failure produced by the sidecar itself, tagged by where it came from.
 #[derive(Debug, thiserror::Error)]
@@ -320,41 +318,50 @@ impl Proxy {
                 Ok(finish(resp))
             }
             Ok(bytes) => {
-                let first = out.request(auth, Either::Left(Full::new(bytes.clone())));
-                let resp = self.send(&generation, first).await?;
+                let resp = self.send_buffered(&generation, &out, &auth, &bytes).await?;
                 if resp.status() != StatusCode::UNAUTHORIZED {
                     return Ok(finish(resp));
                 }
-                inner.metrics.unauthorized();
-                generation.refresher.report_rejected(version);
-                let Some((auth, new_version)) = generation
-                    .cell
-                    .wait_usable(version, inner.opts.token_wait)
-                    .await
-                else {
-                    tracing::warn!(
-                        event = "upstream_unauthorized",
-                        version,
-                        "PSP rejected the token and no newer one arrived; passing the 401 through"
-                    );
-                    return Ok(finish(resp));
-                };
-                tracing::info!(
-                    event = "upstream_unauthorized_replay",
-                    rejected = version,
-                    replay_with = new_version,
-                    "PSP rejected the token; replaying once with a new one"
-                );
-                drop(resp);
-                let resp = self
-                    .send(
-                        &generation,
-                        out.request(auth, Either::Left(Full::new(bytes))),
-                    )
-                    .await?;
-                Ok(finish(resp))
+                // The cold path lives in its own allocation, so the future every app
+                // connection keeps for its in-flight request stays small.
+                Box::pin(self.replay_after_401(&generation, &out, version, &bytes, resp)).await
             }
         }
+    }
+
+    /// The PSP refused the token of a buffered request: renew and send it once more.
+    async fn replay_after_401(
+        &self,
+        generation: &Generation,
+        out: &Outgoing,
+        version: u64,
+        bytes: &Bytes,
+        resp: Response<Incoming>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let inner = &*self.inner;
+        inner.metrics.unauthorized();
+        generation.refresher.report_rejected(version);
+        let Some((auth, new_version)) = generation
+            .cell
+            .wait_usable(version, inner.opts.token_wait)
+            .await
+        else {
+            tracing::warn!(
+                event = "upstream_unauthorized",
+                version,
+                "PSP rejected the token and no newer one arrived; passing the 401 through"
+            );
+            return Ok(finish(resp));
+        };
+        tracing::info!(
+            event = "upstream_unauthorized_replay",
+            rejected = version,
+            replay_with = new_version,
+            "PSP rejected the token; replaying once with a new one"
+        );
+        drop(resp);
+        let resp = self.send_buffered(generation, out, &auth, bytes).await?;
+        Ok(finish(resp))
     }
 
     /// The token to inject: immediately if usable, else wait (bounded) for one.
@@ -363,11 +370,33 @@ impl Proxy {
         if let Some(t) = generation.cell.usable(Instant::now()) {
             return Ok(t);
         }
-        generation
-            .cell
-            .wait_usable(0, inner.opts.token_wait)
+        Box::pin(generation.cell.wait_usable(0, inner.opts.token_wait))
             .await
             .ok_or(ProxyError::TokenUnavailable(inner.opts.token_wait))
+    }
+
+    /// Send a buffered request. If it went to the HTTP/2 pool and that pool could not get a
+    /// connection because the PSP stopped negotiating h2 meanwhile, nothing was sent (a
+    /// connect error is raised before any byte of the request is written): send it once
+    /// more, through discovery.
+    async fn send_buffered(
+        &self,
+        generation: &Generation,
+        out: &Outgoing,
+        auth: &HeaderValue,
+        bytes: &Bytes,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let request = || out.request(auth.clone(), Either::Left(Full::new(bytes.clone())));
+        let before = generation.client.protocol();
+        match self.send(generation, request()).await {
+            Err(ProxyError::UpstreamConnect(_))
+                if before == UpstreamProtocol::Http2
+                    && generation.client.protocol() != UpstreamProtocol::Http2 =>
+            {
+                self.send(generation, request()).await
+            }
+            sent => sent,
+        }
     }
 
     async fn send(

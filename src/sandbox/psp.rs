@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,6 +108,12 @@ struct State {
     reject_next: AtomicU32,
     api_delay: Mutex<Duration>,
     tokens: Mutex<HashMap<String, Issued>>,
+    /// Offer `h2` in ALPN to new connections.
+    offer_h2: AtomicBool,
+    /// TLS connections accepted, by negotiated protocol: [http/1.1, h2].
+    connections: [AtomicU64; 2],
+    /// Bumped to close every open connection.
+    kick: watch::Sender<u64>,
     cobs: Mutex<HashMap<String, serde_json::Value>>,
     issued: Mutex<Vec<String>>,
     token_certs: Mutex<Vec<String>>,
@@ -162,8 +168,10 @@ impl MockPsp {
             .with_client_cert_verifier(verifier)
             .with_single_cert(vec![server_cert.cert_der.clone()], server_cert.key_der())
             .map_err(std::io::Error::other)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let http1 = TlsAcceptor::from(Arc::new(config.clone()));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let both = TlsAcceptor::from(Arc::new(config));
         let (mode_changed, _) = watch::channel(());
         let state = Arc::new(State {
             settings: Mutex::new(settings),
@@ -174,12 +182,15 @@ impl MockPsp {
             reject_next: AtomicU32::new(0),
             api_delay: Mutex::new(Duration::ZERO),
             tokens: Mutex::new(HashMap::new()),
+            offer_h2: AtomicBool::new(true),
+            connections: [AtomicU64::new(0), AtomicU64::new(0)],
+            kick: watch::channel(0).0,
             cobs: Mutex::new(HashMap::new()),
             issued: Mutex::new(Vec::new()),
             token_certs: Mutex::new(Vec::new()),
         });
         let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(accept_loop(listener, acceptor, state.clone(), stop_rx));
+        tokio::spawn(accept_loop(listener, [http1, both], state.clone(), stop_rx));
         Ok(Self {
             addr,
             state,
@@ -244,6 +255,25 @@ impl MockPsp {
         self.state.issued.lock().unwrap().clone()
     }
 
+    /// Offer (or stop offering) `h2` in ALPN on new connections, as a PSP changing its
+    /// gateway would.
+    pub fn set_offer_h2(&self, offer: bool) {
+        self.state.offer_h2.store(offer, Ordering::SeqCst);
+    }
+
+    /// Close every open connection (token and API alike), as a gateway restart would.
+    pub fn close_connections(&self) {
+        self.state.kick.send_modify(|n| *n += 1);
+    }
+
+    /// TLS connections accepted so far that negotiated HTTP/1.1 and h2: `(http1, h2)`.
+    pub fn connections(&self) -> (u64, u64) {
+        (
+            self.state.connections[0].load(Ordering::SeqCst),
+            self.state.connections[1].load(Ordering::SeqCst),
+        )
+    }
+
     /// SHA-256 (hex) of the client certificate of each successful token request, in order.
     pub fn token_client_certs(&self) -> Vec<String> {
         self.state.token_certs.lock().unwrap().clone()
@@ -252,7 +282,7 @@ impl MockPsp {
 
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    [http1, both]: [TlsAcceptor; 2],
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -261,13 +291,20 @@ async fn accept_loop(
             r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
             _ = stop.changed() => return,
         };
-        let acceptor = acceptor.clone();
+        let acceptor = if state.offer_h2.load(Ordering::SeqCst) {
+            both.clone()
+        } else {
+            http1.clone()
+        };
         let state = state.clone();
         let mut stop = stop.clone();
+        let mut kick = state.kick.subscribe();
         tokio::spawn(async move {
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            state.connections[usize::from(h2)].fetch_add(1, Ordering::SeqCst);
             let cert = tls
                 .get_ref()
                 .1
@@ -286,6 +323,7 @@ async fn accept_loop(
             tokio::select! {
                 _ = conn.as_mut() => {}
                 _ = stop.changed() => {}
+                _ = kick.changed() => {}
             }
         });
     }

@@ -161,20 +161,7 @@ impl TokenError {
 /// hyper-rustls wraps tokio-rustls' `io::Error` in another `io::Error`, and `io::Error`'s
 /// `source()` skips the error it wraps, so descend through `get_ref()` instead.
 pub fn rustls_cause<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = next {
-        if let Some(r) = e.downcast_ref::<rustls::Error>() {
-            return Some(r);
-        }
-        next = match e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => e.source(),
-        };
-    }
-    None
+    crate::telemetry::find_cause(err)
 }
 
 /// Whether a client error came from the TLS layer.

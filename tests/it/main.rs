@@ -13,3 +13,4 @@ mod providers;
 mod proxy;
 mod reload;
 mod token;
+mod upstream;
