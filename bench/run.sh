@@ -41,6 +41,8 @@
 # CONNS_1M (16), TARGETS ("direct nginx haproxy envoy pix pix-h1"), PORT_BASE (18500),
 # PROXY_CPU (1) LOAD_CPU (0), UP_KEEPALIVE_S (2: the upstream closes connections idle
 # that long, so that every run starts with an empty pool), UP_H2_MAX_STREAMS (128),
+# UP_KEEPALIVE_REQUESTS (10^9: requests per upstream connection before nginx closes it;
+# nginx's own default is 1000, which sends an h2 GOAWAY every 1000 requests),
 # UP_READ_BODY (1: the upstream reads each request body before answering; 0: it answers
 # at once and nginx discards the body),
 # TOKEN_TTL (300), PROXY_BIN, ENVOY_BIN, OHA_BIN, BENCH_WORKDIR (default: mktemp under /tmp).
@@ -81,6 +83,7 @@ fi
 : "${PORT_BASE:=18500}"
 : "${PROXY_CPU:=1}" "${LOAD_CPU:=0}"
 : "${UP_KEEPALIVE_S:=2}" "${UP_H2_MAX_STREAMS:=128}" "${UP_READ_BODY:=1}"
+: "${UP_KEEPALIVE_REQUESTS:=1000000000}"
 : "${ECHO_MODULE:=/usr/lib/nginx/modules/ngx_http_echo_module.so}"
 : "${TOKEN_TTL:=300}"
 : "${PYTHON:=python3}"
@@ -292,7 +295,7 @@ common_kv() {
     printf '%s\n' "USER_LINE=$user_line" "CERTS=$WORK/certs" "TOKEN=$TOKEN" "UP_PORT=$UP_PORT" \
         "STUB_PORT=$STUB_PORT" "TOKEN_PORT_A=$TOKEN_PORT_A" "TOKEN_PORT_B=$TOKEN_PORT_B" \
         "TOKEN_TTL=$TOKEN_TTL" "UP_KEEPALIVE_TIMEOUT=${UP_KEEPALIVE_S}s" \
-        "UP_H2_MAX_STREAMS=$UP_H2_MAX_STREAMS"
+        "UP_H2_MAX_STREAMS=$UP_H2_MAX_STREAMS" "UP_KEEPALIVE_REQUESTS=$UP_KEEPALIVE_REQUESTS"
 }
 
 nginx_dir() {

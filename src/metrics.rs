@@ -36,6 +36,7 @@ pub struct Metrics {
     ready: Gauge,
     unauthorized: Counter,
     forced_refresh: Counter,
+    upstream_retries: Counter,
     cache_ops: Family<Labels2, Counter>,
     cache_lock: Family<Labels1, Counter>,
     cache_decrypt_failures: Counter,
@@ -119,6 +120,12 @@ impl Metrics {
             "Token renewals forced by a PSP 401",
             forced_refresh.clone(),
         );
+        let upstream_retries = Counter::default();
+        registry.register(
+            "upstream_retries",
+            "Requests sent again because the PSP said it had not processed them (HTTP/2 GOAWAY, REFUSED_STREAM)",
+            upstream_retries.clone(),
+        );
         let cache_ops = Family::<Labels2, Counter>::default();
         registry.register(
             "cache_ops",
@@ -160,6 +167,7 @@ impl Metrics {
             ready,
             unauthorized,
             forced_refresh,
+            upstream_retries,
             cache_ops,
             cache_lock,
             cache_decrypt_failures,
@@ -244,6 +252,11 @@ impl Metrics {
     /// A renewal forced by a 401.
     pub fn forced_refresh(&self) {
         self.forced_refresh.inc();
+    }
+
+    /// A request sent again because the PSP had not processed it.
+    pub fn upstream_retry(&self) {
+        self.upstream_retries.inc();
     }
 
     /// A shared-cache operation.

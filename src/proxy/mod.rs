@@ -395,6 +395,15 @@ impl Proxy {
             {
                 self.send(generation, request()).await
             }
+            Err(ProxyError::UpstreamProtocol(e)) if not_processed(&e) => {
+                tracing::debug!(
+                    event = "upstream_retry",
+                    error = %crate::telemetry::error_chain(&e),
+                    "the PSP did not process the request; sending it again"
+                );
+                self.inner.metrics.upstream_retry();
+                self.send(generation, request()).await
+            }
             sent => sent,
         }
     }
@@ -411,6 +420,16 @@ impl Proxy {
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
         }
     }
+}
+
+/// Whether the PSP said it never processed the request, so that sending it again cannot do
+/// it twice (RFC 9113, sections 6.8 and 8.7): its stream was above the last one a GOAWAY
+/// covers, or was opened after the GOAWAY (a gateway closing a connection after N requests,
+/// as nginx does every 1000 by default), or was refused with `REFUSED_STREAM`.
+fn not_processed(err: &hyper_util::client::legacy::Error) -> bool {
+    crate::telemetry::find_cause::<h2::Error>(err).is_some_and(|e| {
+        e.is_remote() && (e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM))
+    })
 }
 
 fn finish(resp: Response<Incoming>) -> Response<ResponseBody> {

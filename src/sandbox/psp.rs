@@ -114,6 +114,8 @@ struct State {
     connections: [AtomicU64; 2],
     /// Bumped to close every open connection.
     kick: watch::Sender<u64>,
+    /// Close each connection gracefully after this many requests (0: never).
+    requests_per_connection: AtomicU64,
     cobs: Mutex<HashMap<String, serde_json::Value>>,
     issued: Mutex<Vec<String>>,
     token_certs: Mutex<Vec<String>>,
@@ -185,6 +187,7 @@ impl MockPsp {
             offer_h2: AtomicBool::new(true),
             connections: [AtomicU64::new(0), AtomicU64::new(0)],
             kick: watch::channel(0).0,
+            requests_per_connection: AtomicU64::new(0),
             cobs: Mutex::new(HashMap::new()),
             issued: Mutex::new(Vec::new()),
             token_certs: Mutex::new(Vec::new()),
@@ -266,6 +269,15 @@ impl MockPsp {
         self.state.kick.send_modify(|n| *n += 1);
     }
 
+    /// Close each new connection gracefully (HTTP/2 `GOAWAY`, HTTP/1.1 `Connection: close`)
+    /// once it has received `n` requests, as gateways do (nginx's `keepalive_requests`).
+    /// 0 turns it off.
+    pub fn set_requests_per_connection(&self, n: u64) {
+        self.state
+            .requests_per_connection
+            .store(n, Ordering::SeqCst);
+    }
+
     /// TLS connections accepted so far that negotiated HTTP/1.1 and h2: `(http1, h2)`.
     pub fn connections(&self) -> (u64, u64) {
         (
@@ -312,7 +324,14 @@ async fn accept_loop(
                 .and_then(|c| c.first())
                 .map(|c| hex(&crate::tls::sha256(c.as_ref())))
                 .unwrap_or_default();
+            let limit = state.requests_per_connection.load(Ordering::SeqCst);
+            let received = Arc::new(AtomicU64::new(0));
+            let limit_reached = Arc::new(tokio::sync::Notify::new());
+            let (counter, reached) = (received.clone(), limit_reached.clone());
             let service = service_fn(move |req| {
+                if counter.fetch_add(1, Ordering::SeqCst) + 1 == limit {
+                    reached.notify_one();
+                }
                 let state = state.clone();
                 let cert = cert.clone();
                 async move { Ok::<_, Infallible>(handle(&state, &cert, req).await) }
@@ -320,10 +339,17 @@ async fn accept_loop(
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(tls), service);
             tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.changed() => {}
-                _ = kick.changed() => {}
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    _ = stop.changed() => break,
+                    _ = kick.changed() => break,
+                    () = limit_reached.notified(), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
             }
         });
     }

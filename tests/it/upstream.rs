@@ -7,6 +7,7 @@ use http::Request;
 use pix_auth_proxy::client::UpstreamProtocol;
 use tokio::task::JoinSet;
 
+use crate::support::refusing_h2::RefusingH2;
 use crate::support::*;
 
 fn protocol(sidecar: &Running) -> UpstreamProtocol {
@@ -105,5 +106,78 @@ async fn a_psp_that_stops_and_resumes_offering_h2_loses_no_request() {
         "the h2-only pool opens one connection"
     );
     assert_eq!(env.psp.api_requests(), 1 + 10 + 10 + 1 + 10);
+    env.assert_logs_clean();
+}
+
+#[tokio::test]
+async fn a_psp_closing_each_connection_gracefully_after_10_requests_loses_and_repeats_no_request() {
+    let env = Env::new().await;
+    // As gateways do after `keepalive_requests`: GOAWAY, finish what is in flight, close.
+    env.psp.set_requests_per_connection(10);
+    let sidecar = env.sidecar(&[]).await;
+    sidecar.ready().await;
+    let http = http_client();
+    let mut workers = JoinSet::new();
+    for w in 0..20 {
+        let http = http.clone();
+        let base = sidecar.url("");
+        workers.spawn(async move {
+            for i in 0..15 {
+                let req = if i % 2 == 0 {
+                    Request::put(format!("{base}/cob/w{w}r{i}"))
+                        .header("content-type", "application/json")
+                        .body(full(r#"{"valor":{"original":"1.00"}}"#))
+                } else {
+                    Request::get(format!("{base}/cob/w{w}r{i}")).body(empty())
+                };
+                let got = send(&http, req.unwrap()).await;
+                assert_eq!(got.status, 200, "worker {w} request {i}: {:?}", got.body);
+            }
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done.unwrap();
+    }
+    // Each request reached the PSP's handler exactly once: none lost, none done twice.
+    assert_eq!(env.psp.api_requests(), 300);
+    let (_, h2) = env.psp.connections();
+    // A graceful close lets the requests already in flight finish on the old connection, so
+    // a connection carries 10 or a few more: well over 10 connections for 300 requests.
+    assert!(
+        h2 >= 10,
+        "the PSP closed connections: only {h2} h2 connections"
+    );
+    env.assert_logs_clean();
+}
+
+#[tokio::test]
+async fn streams_the_psp_refused_unprocessed_are_sent_again_once() {
+    let env = Env::new().await;
+    let upstream = RefusingH2::start(&env.pki.server().unwrap(), 4).await;
+    let sidecar = env
+        .sidecar(&["--upstream", &format!("https://{}", upstream.addr)])
+        .await;
+    sidecar.ready().await;
+    let http = http_client();
+    for i in 0..12 {
+        let req = Request::put(sidecar.url(&format!("/cob/r{i}")))
+            .header("content-type", "application/json")
+            .body(full(r#"{"valor":{"original":"1.00"}}"#))
+            .unwrap();
+        let got = send(&http, req).await;
+        assert_eq!(got.status, 200, "request {i}: {:?}", got.body);
+        assert_eq!(got.body, "ok");
+    }
+    // Every 4th stream was refused: 12 answered in 15 streams (4, 8 and 12 refused), so
+    // each request was processed exactly once and each refused one sent again once.
+    assert_eq!(upstream.answered(), 12);
+    assert_eq!(upstream.refused(), 3);
+    let metrics = get(&sidecar.admin_url("/metrics")).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.lines()
+            .any(|l| l == "pix_auth_proxy_upstream_retries_total 3"),
+        "{text}"
+    );
     env.assert_logs_clean();
 }
