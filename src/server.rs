@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -104,10 +105,10 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let fut = handler(req);
-            async move { Ok::<_, Infallible>(fut.await) }
-        });
+        // `map`, not `async move { Ok(fut.await) }`: an async block would store the
+        // handler's future twice (as captured value and as awaitee) in the allocation every
+        // connection keeps for its in-flight request.
+        let service = service_fn(move |req| handler(req).map(Ok::<_, Infallible>));
         let watcher = graceful.watcher();
         let builders = builders.clone();
         let mut stop_rx = stop_rx.clone();

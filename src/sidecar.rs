@@ -14,7 +14,6 @@ use arc_swap::ArcSwap;
 use http::uri::Authority;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 use crate::admin::{Admin, Health};
 use crate::config::{Config, IdentitySource};
@@ -243,17 +242,7 @@ impl Sidecar {
             None => (None, None),
         };
 
-        let metrics = self.metrics.clone();
-        let handler = move |req: http::Request<hyper::body::Incoming>| {
-            let proxy = proxy.clone();
-            let metrics = metrics.clone();
-            async move {
-                let started = Instant::now();
-                let resp = proxy.handle(req).await;
-                metrics.request(resp.status().as_u16(), started.elapsed());
-                resp
-            }
-        };
+        let handler = move |req: http::Request<hyper::body::Incoming>| proxy.clone().handle(req);
         let health = self.health.clone();
         let delay = self.config.shutdown_delay;
         let app_shutdown = async move {

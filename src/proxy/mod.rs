@@ -239,8 +239,18 @@ impl Proxy {
         }
     }
 
-    /// Handle one request from the app. Never fails: errors become problem responses.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+    /// Handle one request from the app and count it. Never fails: errors become problem
+    /// responses. Takes the proxy by value (one `Arc`) so that the future needs no wrapper.
+    pub async fn handle(self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let resp = self.respond(req).await;
+        self.inner
+            .metrics
+            .request(resp.status().as_u16(), started.elapsed());
+        resp
+    }
+
+    async fn respond(&self, req: Request<Incoming>) -> Response<ResponseBody> {
         let method = req.method().clone();
         match self.forward(req).await {
             Ok(resp) => resp,
