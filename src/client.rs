@@ -209,8 +209,9 @@ where
     /// Open one TLS connection to the API host to learn its protocol before the first
     /// request, so that even the first burst shares one HTTP/2 connection. The connection
     /// is closed at once; nothing is sent on it.
+    /// With `--upstream-http1-only` there is nothing to choose, so no handshake is made.
     pub async fn discover(&self) -> Result<UpstreamProtocol, BoxError> {
-        if self.protocol() != UpstreamProtocol::Unknown {
+        if self.h2.is_none() || self.protocol() != UpstreamProtocol::Unknown {
             return Ok(self.protocol());
         }
         let mut connector = self.connector.clone();
@@ -225,7 +226,7 @@ type TlsIo = MaybeHttpsStream<TokioIo<TcpStream>>;
 
 /// The HTTPS connector, recording which protocol each new connection negotiated.
 #[derive(Clone)]
-pub struct AlpnLearner {
+struct AlpnLearner {
     inner: HttpsConnector<HttpConnector>,
     learned: Arc<AtomicU8>,
     require_h2: bool,

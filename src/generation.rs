@@ -134,13 +134,11 @@ impl Generation {
                 Ok(Err(e)) => crate::telemetry::error_chain(&*e),
                 Err(_) => format!("no TLS connection within {bound:?}"),
             };
-            {
-                tracing::debug!(
-                    event = "upstream_discovery_failed",
-                    error = %failure,
-                    "could not learn the PSP's protocol ahead of the first request"
-                );
-            }
+            tracing::debug!(
+                event = "upstream_discovery_failed",
+                error = %failure,
+                "could not learn the PSP's protocol ahead of the first request"
+            );
         });
         let task = tokio::spawn(refresher.run());
         if let Ok(mut slot) = self.task.lock() {
