@@ -112,7 +112,9 @@ struct State {
     offer_h2: AtomicBool,
     /// TLS connections accepted, by negotiated protocol: [http/1.1, h2].
     connections: [AtomicU64; 2],
-    /// Bumped to close every open connection.
+    /// TLS connections open now.
+    open: AtomicU64,
+    /// Bumped to close every open connection gracefully.
     kick: watch::Sender<u64>,
     /// Close each connection gracefully after this many requests (0: never).
     requests_per_connection: AtomicU64,
@@ -186,6 +188,7 @@ impl MockPsp {
             tokens: Mutex::new(HashMap::new()),
             offer_h2: AtomicBool::new(true),
             connections: [AtomicU64::new(0), AtomicU64::new(0)],
+            open: AtomicU64::new(0),
             kick: watch::channel(0).0,
             requests_per_connection: AtomicU64::new(0),
             cobs: Mutex::new(HashMap::new()),
@@ -264,7 +267,9 @@ impl MockPsp {
         self.state.offer_h2.store(offer, Ordering::SeqCst);
     }
 
-    /// Close every open connection (token and API alike), as a gateway restart would.
+    /// Close every open connection (token and API alike) gracefully, as a gateway restart
+    /// would: HTTP/2 `GOAWAY`, HTTP/1.1 close once idle. [`MockPsp::open_connections`] tells
+    /// when they are gone.
     pub fn close_connections(&self) {
         self.state.kick.send_modify(|n| *n += 1);
     }
@@ -276,6 +281,11 @@ impl MockPsp {
         self.state
             .requests_per_connection
             .store(n, Ordering::SeqCst);
+    }
+
+    /// TLS connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.state.open.load(Ordering::SeqCst)
     }
 
     /// TLS connections accepted so far that negotiated HTTP/1.1 and h2: `(http1, h2)`.
@@ -317,6 +327,7 @@ async fn accept_loop(
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             state.connections[usize::from(h2)].fetch_add(1, Ordering::SeqCst);
+            let _open = OpenConnection::new(state.clone());
             let cert = tls
                 .get_ref()
                 .1
@@ -325,9 +336,9 @@ async fn accept_loop(
                 .map(|c| hex(&crate::tls::sha256(c.as_ref())))
                 .unwrap_or_default();
             let limit = state.requests_per_connection.load(Ordering::SeqCst);
-            let received = Arc::new(AtomicU64::new(0));
+            let counter = Arc::new(AtomicU64::new(0));
             let limit_reached = Arc::new(tokio::sync::Notify::new());
-            let (counter, reached) = (received.clone(), limit_reached.clone());
+            let reached = limit_reached.clone();
             let service = service_fn(move |req| {
                 if counter.fetch_add(1, Ordering::SeqCst) + 1 == limit {
                     reached.notify_one();
@@ -344,7 +355,10 @@ async fn accept_loop(
                 tokio::select! {
                     _ = conn.as_mut() => break,
                     _ = stop.changed() => break,
-                    _ = kick.changed() => break,
+                    _ = kick.changed(), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
                     () = limit_reached.notified(), if !closing => {
                         conn.as_mut().graceful_shutdown();
                         closing = true;
@@ -352,6 +366,22 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// Counts a connection as open until dropped.
+struct OpenConnection(Arc<State>);
+
+impl OpenConnection {
+    fn new(state: Arc<State>) -> Self {
+        state.open.fetch_add(1, Ordering::SeqCst);
+        Self(state)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

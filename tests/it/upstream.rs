@@ -72,6 +72,16 @@ async fn a_cold_burst_of_40_requests_opens_one_http2_connection() {
     env.assert_logs_clean();
 }
 
+/// Have the PSP close every connection gracefully, and wait until it has.
+async fn close_all(env: &Env) {
+    env.psp.close_connections();
+    assert!(
+        eventually(Duration::from_secs(5), || env.psp.open_connections() == 0).await,
+        "the PSP still has {} connections open",
+        env.psp.open_connections()
+    );
+}
+
 #[tokio::test]
 async fn a_psp_that_stops_and_resumes_offering_h2_loses_no_request() {
     let env = Env::new().await;
@@ -80,11 +90,10 @@ async fn a_psp_that_stops_and_resumes_offering_h2_loses_no_request() {
     assert_eq!(burst(&sidecar, 1, true).await, ["HTTP/2.0"]);
     assert_eq!(protocol(&sidecar), UpstreamProtocol::Http2);
 
-    // The PSP's gateway restarts without h2: the open connections go, new ones are
-    // HTTP/1.1 only. Give the sidecar's connection tasks a moment to see the close.
+    // The PSP's gateway restarts without h2: the open connections are closed (GOAWAY), new
+    // ones are HTTP/1.1 only.
     env.psp.set_offer_h2(false);
-    env.psp.close_connections();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    close_all(&env).await;
     let versions = burst(&sidecar, 10, true).await;
     assert!(versions.iter().all(|v| v == "HTTP/1.1"), "{versions:?}");
     assert_eq!(protocol(&sidecar), UpstreamProtocol::Http1);
@@ -93,8 +102,7 @@ async fn a_psp_that_stops_and_resumes_offering_h2_loses_no_request() {
 
     // And back: the next new connection negotiates h2 again and the sidecar follows.
     env.psp.set_offer_h2(true);
-    env.psp.close_connections();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    close_all(&env).await;
     assert_eq!(burst(&sidecar, 1, true).await, ["HTTP/2.0"]);
     assert_eq!(protocol(&sidecar), UpstreamProtocol::Http2);
     let before = env.psp.connections();
@@ -153,7 +161,7 @@ async fn a_psp_closing_each_connection_gracefully_after_10_requests_loses_and_re
 #[tokio::test]
 async fn streams_the_psp_refused_unprocessed_are_sent_again_once() {
     let env = Env::new().await;
-    let upstream = RefusingH2::start(&env.pki.server().unwrap(), 4).await;
+    let upstream = RefusingH2::start(&env.pki, &env.pki.server().unwrap(), 4).await;
     let sidecar = env
         .sidecar(&["--upstream", &format!("https://{}", upstream.addr)])
         .await;

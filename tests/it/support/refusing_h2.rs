@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use pix_auth_proxy::sandbox::Leaf;
+use pix_auth_proxy::sandbox::{Leaf, Pki};
 use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
 
 pub struct RefusingH2 {
@@ -25,14 +26,22 @@ impl Drop for RefusingH2 {
 }
 
 impl RefusingH2 {
-    /// Serve on 127.0.0.1 with `server`'s certificate, refusing streams k, 2k, 3k, …
-    pub async fn start(server: &Leaf, every: u64) -> Self {
+    /// Serve on 127.0.0.1 with `server`'s certificate, requiring a client certificate
+    /// issued by `pki` (mTLS, as a PSP does), refusing streams k, 2k, 3k, …
+    pub async fn start(pki: &Pki, server: &Leaf, every: u64) -> Self {
         let listener = super::bind().await;
         let addr = listener.local_addr().unwrap();
-        let mut config = ServerConfig::builder_with_provider(pix_auth_proxy::tls::provider())
+        let provider = pix_auth_proxy::tls::provider();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca_der().clone()).unwrap();
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .unwrap();
+        let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_no_client_auth()
+            .with_client_cert_verifier(verifier)
             .with_single_cert(vec![server.cert_der.clone()], server.key_der())
             .unwrap();
         config.alpn_protocols = vec![b"h2".to_vec()];
