@@ -189,3 +189,16 @@ async fn streams_the_psp_refused_unprocessed_are_sent_again_once() {
     );
     env.assert_logs_clean();
 }
+
+#[tokio::test]
+async fn http1_only_makes_no_protocol_learning_handshake() {
+    let env = Env::new().await;
+    let sidecar = env.sidecar(&["--upstream-http1-only"]).await;
+    sidecar.ready().await;
+    for _ in 0..3 {
+        assert_eq!(burst(&sidecar, 1, true).await, ["HTTP/1.1"]);
+    }
+    // The token endpoint's connection and one pooled API connection: nothing else.
+    assert_eq!(env.psp.connections(), (2, 0));
+    assert_eq!(protocol(&sidecar), UpstreamProtocol::Http1);
+}
