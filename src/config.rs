@@ -572,7 +572,11 @@ fn positive(flag: &'static str, d: Duration) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn https_url(flag: &'static str, value: Option<&str>, provider: &str) -> Result<Uri, ConfigError> {
+pub(crate) fn https_url(
+    flag: &'static str,
+    value: Option<&str>,
+    provider: &str,
+) -> Result<Uri, ConfigError> {
     let value =
         value.ok_or_else(|| err(flag, format!("is required with --provider {provider}")))?;
     let uri: Uri = value

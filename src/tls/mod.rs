@@ -145,9 +145,20 @@ impl Identity {
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let cert_pem = read(cert)?;
         let key_pem = read(key)?;
-        let chain = certs_from_pem(cert, &cert_pem)?;
-        let key_der = key_from_pem(key, &key_pem)?;
-        Self::from_der(chain, key_der, cert, key)
+        Self::from_pem_bytes(&cert_pem, &key_pem, cert, key)
+    }
+
+    /// [`Identity::from_pem_files`] on the files' contents; `cert_path`/`key_path` only
+    /// label errors.
+    pub fn from_pem_bytes(
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        cert_path: &Path,
+        key_path: &Path,
+    ) -> Result<Self, TlsError> {
+        let chain = certs_from_pem(cert_path, cert_pem)?;
+        let key_der = key_from_pem(key_path, key_pem)?;
+        Self::from_der(chain, key_der, cert_path, key_path)
     }
 
     /// Build an identity from DER parts; `cert_path`/`key_path` only label errors.

@@ -25,7 +25,12 @@ pub fn load(path: &Path, password: &SecretString) -> Result<Identity, TlsError> 
         path: path.to_owned(),
         source,
     })?;
-    let archive = Pkcs12Archive::from_pkcs12(&data, password.expose_secret()).map_err(|e| {
+    from_bytes(&data, password, path)
+}
+
+/// [`load`] on the file's contents; `path` only labels errors.
+pub fn from_bytes(data: &[u8], password: &SecretString, path: &Path) -> Result<Identity, TlsError> {
+    let archive = Pkcs12Archive::from_pkcs12(data, password.expose_secret()).map_err(|e| {
         use p12_keystore::error::Error as E;
         match e {
             E::MacError(_) => bad(path, "wrong password (the file's integrity check failed)"),

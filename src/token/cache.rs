@@ -381,64 +381,12 @@ impl SharedCache {
         result
     }
 
-    fn aad(&self, version: u64, exp_ms: u64) -> Vec<u8> {
-        format!("{}\0{}\0{version}\0{exp_ms}", self.key.id, self.cache_key).into_bytes()
-    }
-
     fn seal(&self, token: &CachedToken) -> Vec<u8> {
-        let exp = unix_ms(token.expires_at);
-        let plain = serde_json::to_vec(&Sealed {
-            t: token.access_token.expose_secret().to_owned(),
-            v: token.version,
-            exp,
-            life: token.lifetime.as_millis() as u64,
-        })
-        .expect("plain struct serializes");
-        let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce).expect("system RNG");
-        let mut in_out = zeroize::Zeroizing::new(plain);
-        let mut sealed = self.key.id.as_bytes().to_vec();
-        sealed.extend_from_slice(&nonce);
-        self.key
-            .key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(self.aad(token.version, exp)),
-                &mut *in_out,
-            )
-            .expect("AES-GCM sealing cannot fail for small inputs");
-        sealed.extend_from_slice(&in_out);
-        sealed
+        seal(&self.key, &self.cache_key, token)
     }
 
     fn open(&self, version: u64, exp_ms: u64, sealed: &[u8]) -> Option<CachedToken> {
-        let id = self.key.id.as_bytes();
-        let rest = sealed.strip_prefix(id)?;
-        if rest.len() < NONCE_LEN + AES_256_GCM.tag_len() {
-            return None;
-        }
-        let (nonce, ct) = rest.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut buf = zeroize::Zeroizing::new(ct.to_vec());
-        let plain = self
-            .key
-            .key
-            .open_in_place(nonce, Aad::from(self.aad(version, exp_ms)), &mut buf)
-            .ok()?;
-        let s: Sealed = serde_json::from_slice(plain).ok()?;
-        if s.v != version
-            || s.exp != exp_ms
-            || s.t.is_empty()
-            || !s.t.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return None;
-        }
-        Some(CachedToken {
-            access_token: SecretString::from(s.t),
-            version: s.v,
-            expires_at: UNIX_EPOCH + Duration::from_millis(s.exp),
-            lifetime: Duration::from_millis(s.life),
-        })
+        open(&self.key, &self.cache_key, version, exp_ms, sealed)
     }
 
     async fn read(&self) -> Result<Read, CacheError> {
@@ -679,6 +627,79 @@ impl SharedCache {
         }
         Ok(Ok(Renewal::Fetched(token)))
     }
+}
+
+/// Associated data of a sealed value: the key id, the Redis key, the version and the expiry
+/// (moving a value to another key or changing its fields makes it fail to open).
+fn aad(key: &CacheKey, cache_key: &str, version: u64, exp_ms: u64) -> Vec<u8> {
+    format!("{}\0{cache_key}\0{version}\0{exp_ms}", key.id).into_bytes()
+}
+
+/// Encrypt `token` as stored under `cache_key`: key id, random nonce, ciphertext and tag.
+pub(crate) fn seal(key: &CacheKey, cache_key: &str, token: &CachedToken) -> Vec<u8> {
+    let exp = unix_ms(token.expires_at);
+    let plain = serde_json::to_vec(&Sealed {
+        t: token.access_token.expose_secret().to_owned(),
+        v: token.version,
+        exp,
+        life: token.lifetime.as_millis() as u64,
+    })
+    .expect("plain struct serializes");
+    let mut nonce = [0u8; NONCE_LEN];
+    aws_lc_rs::rand::fill(&mut nonce).expect("system RNG");
+    let mut in_out = zeroize::Zeroizing::new(plain);
+    let mut sealed = key.id.as_bytes().to_vec();
+    sealed.extend_from_slice(&nonce);
+    key.key
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad(key, cache_key, token.version, exp)),
+            &mut *in_out,
+        )
+        .expect("AES-GCM sealing cannot fail for small inputs");
+    sealed.extend_from_slice(&in_out);
+    sealed
+}
+
+/// Decrypt a value read from `cache_key` whose hash fields say `version` and `exp_ms`;
+/// `None` for anything that does not open under `key` or does not match those fields.
+pub(crate) fn open(
+    key: &CacheKey,
+    cache_key: &str,
+    version: u64,
+    exp_ms: u64,
+    sealed: &[u8],
+) -> Option<CachedToken> {
+    let id = key.id.as_bytes();
+    let rest = sealed.strip_prefix(id)?;
+    if rest.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+        return None;
+    }
+    let (nonce, ct) = rest.split_at(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let mut buf = zeroize::Zeroizing::new(ct.to_vec());
+    let plain = key
+        .key
+        .open_in_place(
+            nonce,
+            Aad::from(aad(key, cache_key, version, exp_ms)),
+            &mut buf,
+        )
+        .ok()?;
+    let s: Sealed = serde_json::from_slice(plain).ok()?;
+    if s.v != version
+        || s.exp != exp_ms
+        || s.t.is_empty()
+        || !s.t.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return None;
+    }
+    Some(CachedToken {
+        access_token: SecretString::from(s.t),
+        version: s.v,
+        expires_at: UNIX_EPOCH + Duration::from_millis(s.exp),
+        lifetime: Duration::from_millis(s.life),
+    })
 }
 
 #[cfg(test)]
