@@ -25,6 +25,8 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generation;
 pub mod metrics;
 pub mod provider;
