@@ -362,7 +362,7 @@ pub fn parse_response(
         });
     }
     let raw: RawResponse =
-        serde_json::from_slice(body).map_err(|e| TokenError::NotJson(e.to_string()))?;
+        serde_json::from_slice(body).map_err(|e| TokenError::NotJson(json_error(&e)))?;
     let token = raw.access_token.unwrap_or_default();
     if token.is_empty() {
         return Err(TokenError::MissingToken);
@@ -372,11 +372,11 @@ pub fn parse_response(
     }
     if let Some(tt) = &raw.token_type {
         if !tt.eq_ignore_ascii_case("bearer") {
-            return Err(TokenError::TokenType(truncate(tt, 32)));
+            return Err(TokenError::TokenType(truncate(&scrub(tt, secret), 32)));
         }
     }
     let lifetime = match raw.expires_in {
-        Some(v) => expires_in(&v)?,
+        Some(v) => expires_in(&v, secret)?,
         None => match jwt_lifetime(&token, now) {
             Some(d) => d?,
             None => {
@@ -412,7 +412,10 @@ fn check_bounds(secs: f64) -> Result<Duration, TokenError> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn expires_in(v: &serde_json::Value) -> Result<Duration, TokenError> {
+fn expires_in(
+    v: &serde_json::Value,
+    secret: Option<&SecretString>,
+) -> Result<Duration, TokenError> {
     let secs = match v {
         serde_json::Value::Number(n) => n.as_f64(),
         serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
@@ -422,7 +425,7 @@ fn expires_in(v: &serde_json::Value) -> Result<Duration, TokenError> {
         Some(s) => check_bounds(s),
         None => Err(TokenError::ExpiresIn(format!(
             "{} is not a number",
-            truncate(&v.to_string(), 32)
+            truncate(&scrub(&v.to_string(), secret), 32)
         ))),
     }
 }
@@ -444,12 +447,27 @@ fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
+/// `text` with the secret replaced, then cut to 256 characters (in this order, so that a
+/// secret straddling the cut does not leave its first characters behind).
 fn scrub(text: &str, secret: Option<&SecretString>) -> String {
-    let text = truncate(text, 256);
     match secret.map(|s| s.expose_secret()) {
-        Some(s) if !s.is_empty() && text.contains(s) => text.replace(s, "<redacted>"),
-        _ => text,
+        Some(s) if !s.is_empty() && text.contains(s) => {
+            truncate(&text.replace(s, "<redacted>"), 256)
+        }
+        _ => truncate(text, 256),
     }
+}
+
+/// What is wrong with a body that is not the expected JSON, without quoting it: serde_json's
+/// own message repeats the string it choked on, which may be the token or the echoed secret.
+fn json_error(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "not the expected object",
+        serde_json::error::Category::Eof => "truncated",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
 }
 
 #[cfg(test)]
@@ -512,6 +530,29 @@ mod tests {
                 !err.to_string().contains("abc"),
                 "error text leaks token: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn not_json_and_bad_fields_never_quote_the_token_or_the_secret() {
+        // fuzz/regressions/token_response/not-json-quotes-secret: serde_json's message
+        // quoted the string it rejected, here a top-level string holding the secret.
+        let secret = SecretString::from("s3cr3t-value");
+        for body in [
+            r#""tok-s3cr3t-value""#,
+            r#"{"access_token":"abc","token_type":"s3cr3t-value"}"#,
+            r#"{"access_token":"abc","expires_in":"s3cr3t-value"}"#,
+        ] {
+            let err = parse_response(
+                StatusCode::OK,
+                body.as_bytes(),
+                SystemTime::now(),
+                Some(&secret),
+            )
+            .unwrap_err();
+            let text = err.to_string();
+            assert!(!text.contains("s3cr3t"), "{body}: {text}");
+            assert!(!text.contains("tok-"), "{body}: {text}");
         }
     }
 
