@@ -189,8 +189,13 @@ pub fn cache_value(data: &[u8]) {
                 lifetime: Duration::from_millis(life),
             };
             let sealed = cache::seal(&key, FUZZ_CACHE_REDIS_KEY, &t);
+            // The stored value starts with the public key id; the rest must not hold the token.
+            let secret_part = &sealed[key.id.len()..];
             assert!(
-                token.len() < 8 || !sealed.windows(token.len()).any(|w| w == token.as_bytes()),
+                token.len() < 8
+                    || !secret_part
+                        .windows(token.len())
+                        .any(|w| w == token.as_bytes()),
                 "plaintext token in the stored value"
             );
             let opened = cache::open(&key, FUZZ_CACHE_REDIS_KEY, version, exp, &sealed);
