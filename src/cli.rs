@@ -237,9 +237,14 @@ pub struct RunArgs {
     #[arg(long, env = "PIX_AUTH_PROXY_REQUEST_TIMEOUT", default_value = "60s", value_parser = duration)]
     pub request_timeout: Duration,
 
-    /// Time allowed for a whole token request; also how long a request waits for a token.
+    /// Time allowed for a whole token request.
     #[arg(long, env = "PIX_AUTH_PROXY_TOKEN_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub token_timeout: Duration,
+
+    /// How long an app request waits for a usable token (cold start, outage) before its 503;
+    /// shorter than a typical client timeout. A failed renewal attempt ends the wait at once.
+    #[arg(long, env = "PIX_AUTH_PROXY_TOKEN_WAIT", default_value = "3s", value_parser = duration)]
+    pub token_wait: Duration,
 
     /// On SIGTERM/SIGINT, keep serving this long with /readyz at 503 before draining.
     #[arg(long, env = "PIX_AUTH_PROXY_SHUTDOWN_DELAY", default_value = "5s", value_parser = duration)]
@@ -258,9 +263,16 @@ pub struct RunArgs {
     #[arg(long, env = "PIX_AUTH_PROXY_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
 
-    /// Time a client may take to send a request's headers (slow clients are cut off).
+    /// Time a new app connection may take to send a complete request head (HTTP/1.1), or
+    /// the HTTP/2 preface, SETTINGS and a first request (h2c); slow or silent clients are
+    /// cut off.
     #[arg(long, env = "PIX_AUTH_PROXY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_read_timeout: Duration,
+
+    /// An app connection with no request in flight and no bytes moving for this long is
+    /// closed (h2c: GOAWAY first); this also bounds a client that stops reading a response.
+    #[arg(long, env = "PIX_AUTH_PROXY_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub idle_timeout: Duration,
 
     /// Largest request head accepted from the app, in bytes.
     #[arg(long, env = "PIX_AUTH_PROXY_MAX_HEADER_BYTES", default_value_t = 65536)]

@@ -369,6 +369,8 @@ impl Config {
         positive("--connect-timeout", args.connect_timeout)?;
         positive("--request-timeout", args.request_timeout)?;
         positive("--token-timeout", args.token_timeout)?;
+        positive("--token-wait", args.token_wait)?;
+        positive("--idle-timeout", args.idle_timeout)?;
         positive("--header-read-timeout", args.header_read_timeout)?;
         positive("--reload-interval", args.reload_interval)?;
         if args.max_connections == 0 {
@@ -413,13 +415,14 @@ impl Config {
             },
             proxy: ProxyOptions {
                 request_timeout: args.request_timeout,
-                token_wait: args.token_timeout,
+                token_wait: args.token_wait,
                 extras: api_extras,
                 ..ProxyOptions::default()
             },
             server: ServerOptions {
                 drain_timeout: args.shutdown_timeout,
                 header_read_timeout: args.header_read_timeout,
+                idle_timeout: args.idle_timeout,
                 max_connections: args.max_connections,
                 max_header_bytes: args.max_header_bytes,
             },

@@ -1,0 +1,202 @@
+//! Bounds on every app connection, whatever protocol it speaks: a deadline for its first
+//! request, and an idle limit once it is quiet.
+//!
+//! Owns: [`Tracked`], the socket wrapper that counts I/O (one relaxed atomic add per read or
+//! write that moved bytes, no clock read), [`ConnState`] with the requests started and in
+//! flight, and [`watch`], the per-connection timer that decides when a connection has had
+//! its chance. hyper bounds an HTTP/1.1 request head itself (`header_read_timeout`) but has
+//! no deadline for an HTTP/2 preface, SETTINGS and first request, and no idle limit for
+//! either protocol: a connection that opens and says nothing, or stops reading its
+//! response, would otherwise hold a connection slot forever.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// What the watchdog sees of one connection.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    /// Bumped whenever bytes move in either direction.
+    activity: AtomicU64,
+    /// Requests whose handler has been called.
+    started: AtomicU64,
+    /// Requests whose handler has not produced a response head yet.
+    in_flight: AtomicU64,
+}
+
+impl ConnState {
+    /// Count a request from the moment its handler is called until the guard drops (when
+    /// the handler has produced the response head).
+    pub fn request(self: &Arc<Self>) -> InFlight {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// A request in flight on a connection; see [`ConnState::request`].
+#[derive(Debug)]
+pub struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why the watchdog gave up on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// No complete request within the header read timeout: close at once.
+    NoRequest,
+    /// No request in flight and no byte moved for the idle timeout: close gracefully.
+    Idle,
+}
+
+/// Resolve when `state`'s connection has had its chance: no first request within
+/// `first_request`, or, after one, quiet (no request in flight, no byte moving) for `idle`.
+/// Runs forever otherwise; drop it to stop.
+pub async fn watch(state: &ConnState, first_request: Duration, idle: Duration) -> Verdict {
+    tokio::time::sleep(first_request).await;
+    if state.started.load(Ordering::Relaxed) == 0 {
+        return Verdict::NoRequest;
+    }
+    // Sample the activity counter a few times per idle period rather than reading the clock
+    // on every read and write; quiet is declared within a quarter period of `idle`.
+    let tick = (idle / 4).max(Duration::from_millis(10));
+    let mut seen = state.activity.load(Ordering::Relaxed);
+    let mut quiet_since = Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        let now_seen = state.activity.load(Ordering::Relaxed);
+        if now_seen != seen || state.in_flight.load(Ordering::Relaxed) > 0 {
+            seen = now_seen;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= idle {
+            return Verdict::Idle;
+        }
+    }
+}
+
+/// A socket that reports its I/O to a [`ConnState`].
+#[derive(Debug)]
+pub struct Tracked<T> {
+    inner: T,
+    state: Arc<ConnState>,
+}
+
+impl<T> Tracked<T> {
+    /// Wrap `inner`.
+    pub fn new(inner: T, state: Arc<ConnState>) -> Self {
+        Self { inner, state }
+    }
+
+    fn moved(&self, n: usize) {
+        if n > 0 {
+            self.state.activity.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            this.moved(buf.filled().len() - before);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.moved(n);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.moved(n);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_request_is_given_up_at_the_first_request_deadline() {
+        let state = ConnState::default();
+        let started = Instant::now();
+        let verdict = watch(&state, Duration::from_secs(2), Duration::from_secs(60)).await;
+        assert_eq!(verdict, Verdict::NoRequest);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_is_idle_but_a_request_in_flight_or_moving_bytes_is_not() {
+        let state = Arc::new(ConnState::default());
+        let guard = state.request();
+        let s2 = state.clone();
+        let started = Instant::now();
+        let watcher = tokio::spawn(async move {
+            watch(&s2, Duration::from_secs(1), Duration::from_secs(4)).await
+        });
+        // A slow upstream: the request stays in flight for 10 s without a byte moving.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!watcher.is_finished());
+        drop(guard);
+        // Bytes keep moving for another 10 s (a response body being streamed).
+        for _ in 0..20 {
+            state.activity.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(!watcher.is_finished());
+        assert_eq!(watcher.await.unwrap(), Verdict::Idle);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(24) && took <= Duration::from_secs(26),
+            "{took:?}"
+        );
+    }
+}
