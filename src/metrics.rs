@@ -30,6 +30,7 @@ pub struct Metrics {
     by_class: [Counter; 6],
     latency: Histogram,
     upstream_errors: Family<Labels1, Counter>,
+    downstream_errors: Family<Labels1, Counter>,
     token_fetch: Family<Labels2, Counter>,
     token_expiry: Gauge<f64, AtomicU64>,
     token_valid: Gauge,
@@ -81,8 +82,14 @@ impl Metrics {
         let upstream_errors = Family::<Labels1, Counter>::default();
         registry.register(
             "upstream_errors",
-            "Requests the sidecar answered itself, by problem type",
+            "Requests the sidecar answered itself because of the PSP or its token endpoint, by problem type",
             upstream_errors.clone(),
+        );
+        let downstream_errors = Family::<Labels1, Counter>::default();
+        registry.register(
+            "downstream_errors",
+            "Requests the sidecar refused because of the app's own request, by problem type",
+            downstream_errors.clone(),
         );
         let token_fetch = Family::<Labels2, Counter>::default();
         registry.register(
@@ -161,6 +168,7 @@ impl Metrics {
             by_class,
             latency,
             upstream_errors,
+            downstream_errors,
             token_fetch,
             token_expiry,
             token_valid,
@@ -189,9 +197,16 @@ impl Metrics {
         self.latency.observe(elapsed.as_secs_f64());
     }
 
-    /// A request the sidecar answered itself, labelled by problem slug.
+    /// A request the sidecar answered itself because of the PSP side, by problem slug.
     pub fn upstream_error(&self, kind: &'static str) {
         self.upstream_errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    /// A request the sidecar refused because of the app's own request, by problem slug.
+    pub fn downstream_error(&self, kind: &'static str) {
+        self.downstream_errors
+            .get_or_create(&[("kind", kind)])
+            .inc();
     }
 
     /// A successful token fetch.

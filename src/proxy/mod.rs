@@ -6,6 +6,7 @@
 //! It never calls the token endpoint: it reads the [`TokenCell`] and reports 401s to the
 //! refresher.
 
+pub mod body;
 pub mod problem;
 pub mod rewrite;
 
@@ -27,7 +28,7 @@ pub use problem::ProblemKind;
 pub use rewrite::UpstreamTarget;
 
 /// Body sent upstream: buffered (replayable) or streamed from the app.
-pub type UpstreamBody = Either<Full<Bytes>, Incoming>;
+pub type UpstreamBody = Either<Full<Bytes>, body::AppBody>;
 /// Body returned to the app: the PSP's, streamed, or our problem body.
 pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 /// The pooled mTLS client used for API calls.
@@ -42,8 +43,9 @@ pub enum ProxyError {
     /// The app's request could not be read or rewritten (downstream).
     #[error("bad request: {0}")]
     BadRequest(String),
-    /// No usable token within the wait bound (internal).
-    #[error("no usable access token after waiting {0:?}")]
+    /// No usable token: the token endpoint is failing, or none arrived within the wait
+    /// bound (internal).
+    #[error("no usable access token (token endpoint failing, or none within {0:?})")]
     TokenUnavailable(Duration),
     /// Connecting to the PSP failed (upstream, retryable).
     #[error("cannot connect to the PSP: {}", crate::telemetry::error_chain(.0))]
@@ -57,6 +59,10 @@ pub enum ProxyError {
     /// The exchange broke after the connection was made (upstream).
     #[error("the PSP broke the exchange: {}", crate::telemetry::error_chain(.0))]
     UpstreamProtocol(#[source] hyper_util::client::legacy::Error),
+    /// The PSP answered with a status the sidecar cannot relay: `101 Switching Protocols`
+    /// (upgrades are not supported) or an interim 1xx that hyper hands over (upstream).
+    #[error("the PSP answered {0}, which cannot be relayed (no upgrades, no interim responses)")]
+    UpstreamStatus(StatusCode),
 }
 
 impl ProxyError {
@@ -69,7 +75,9 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) => ProblemKind::UpstreamConnect,
             ProxyError::UpstreamTls(_) => ProblemKind::UpstreamTls,
             ProxyError::UpstreamTimeout(_) => ProblemKind::UpstreamTimeout,
-            ProxyError::UpstreamProtocol(_) => ProblemKind::UpstreamProtocol,
+            ProxyError::UpstreamProtocol(_) | ProxyError::UpstreamStatus(_) => {
+                ProblemKind::UpstreamProtocol
+            }
         }
     }
 
@@ -150,7 +158,8 @@ impl ApiExtras {
 pub struct ProxyOptions {
     /// Bound on waiting for the upstream's response headers.
     pub request_timeout: Duration,
-    /// Bound on waiting for a usable token (cold start, after a 401).
+    /// Bound on waiting for a usable token (cold start, outage, after a 401); shorter than
+    /// a typical client timeout so that the app gets its 503 rather than no answer.
     pub token_wait: Duration,
     /// Request bodies up to this size are buffered so they can be replayed after a 401.
     pub replay_limit: usize,
@@ -162,7 +171,7 @@ impl Default for ProxyOptions {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(60),
-            token_wait: Duration::from_secs(10),
+            token_wait: Duration::from_secs(3),
             replay_limit: 64 * 1024,
             extras: ApiExtras::default(),
         }
@@ -256,14 +265,13 @@ impl Proxy {
             Ok(resp) => resp,
             Err(err) => {
                 let kind = err.kind();
-                self.inner.metrics.upstream_error(kind.slug());
-                match kind {
-                    ProblemKind::ForbiddenTarget | ProblemKind::BadRequest => {
-                        tracing::info!(event = "request_refused", %method, problem = kind.slug(), error = %err)
-                    }
-                    _ => {
-                        tracing::warn!(event = "request_failed", %method, problem = kind.slug(), error = %err)
-                    }
+                let side = kind.side();
+                if side == "downstream" {
+                    self.inner.metrics.downstream_error(kind.slug());
+                    tracing::info!(event = "request_refused", side, %method, problem = kind.slug(), error = %err)
+                } else {
+                    self.inner.metrics.upstream_error(kind.slug());
+                    tracing::warn!(event = "request_failed", side, %method, problem = kind.slug(), error = %err)
                 }
                 err.to_response()
             }
@@ -317,9 +325,15 @@ impl Proxy {
         let (auth, version) = self.token(&generation).await?;
         match replayable {
             Err(stream) => {
+                let (stream, app_body) = body::AppBody::new(stream);
                 let resp = self
                     .send(&generation, out.request(auth, Either::Right(stream)))
-                    .await?;
+                    .await
+                    .map_err(|e| match app_body.failure() {
+                        // The exchange failed because the app's own body did: its fault.
+                        Some(why) => ProxyError::BadRequest(format!("request body: {why}")),
+                        None => e,
+                    })?;
                 if resp.status() == StatusCode::UNAUTHORIZED {
                     // Cannot replay a streamed body: pass the 401 through, but renew.
                     inner.metrics.unauthorized();
@@ -353,7 +367,7 @@ impl Proxy {
         generation.refresher.report_rejected(version);
         let Some((auth, new_version)) = generation
             .cell
-            .wait_usable(version, inner.opts.token_wait)
+            .wait_for_attempt(version, inner.opts.token_wait, || ())
             .await
         else {
             tracing::warn!(
@@ -374,15 +388,21 @@ impl Proxy {
         Ok(finish(resp))
     }
 
-    /// The token to inject: immediately if usable, else wait (bounded) for one.
+    /// The token to inject: immediately if usable, else ask the refresher for an attempt and
+    /// wait for its outcome, bounded by `token_wait`.
     async fn token(&self, generation: &Generation) -> Result<(HeaderValue, u64), ProxyError> {
         let inner = &*self.inner;
         if let Some(t) = generation.cell.usable(Instant::now()) {
             return Ok(t);
         }
-        Box::pin(generation.cell.wait_usable(0, inner.opts.token_wait))
-            .await
-            .ok_or(ProxyError::TokenUnavailable(inner.opts.token_wait))
+        let demand = || generation.refresher.demand();
+        Box::pin(
+            generation
+                .cell
+                .wait_for_attempt(0, inner.opts.token_wait, demand),
+        )
+        .await
+        .ok_or(ProxyError::TokenUnavailable(inner.opts.token_wait))
     }
 
     /// Send a buffered request. If it went to the HTTP/2 pool and that pool could not get a
@@ -425,6 +445,11 @@ impl Proxy {
     ) -> Result<Response<Incoming>, ProxyError> {
         let timeout = self.inner.opts.request_timeout;
         match tokio::time::timeout(timeout, generation.client.request(req)).await {
+            // hyper consumes 100 Continue and 103 Early Hints itself; anything else below
+            // 200 (a 101 to a request that asked for no upgrade) has no place in a reply.
+            Ok(Ok(resp)) if resp.status().is_informational() => {
+                Err(ProxyError::UpstreamStatus(resp.status()))
+            }
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(ProxyError::from_client(e)),
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),

@@ -55,6 +55,15 @@ impl ProblemKind {
         }
     }
 
+    /// Whose fault it is: `downstream` (the app's request), or `upstream` (the PSP or its
+    /// token endpoint). Used as the log field `side` and to pick the metric.
+    pub fn side(self) -> &'static str {
+        match self {
+            ProblemKind::ForbiddenTarget | ProblemKind::BadRequest => "downstream",
+            _ => "upstream",
+        }
+    }
+
     /// A short human title, constant per kind (RFC 9457 §3.1.3).
     pub fn title(self) -> &'static str {
         match self {

@@ -11,6 +11,7 @@ mod demo;
 mod identity;
 mod providers;
 mod proxy;
+mod recovery;
 mod reload;
 mod token;
 mod upstream;
