@@ -252,41 +252,63 @@ async fn handshake(report: &mut Report, config: &Config, mut tls: rustls::Client
     } else {
         uri.path()
     };
+    // GET, not HEAD: an edge that refused our certificate after the handshake (nginx with
+    // `ssl_verify_client on`) says so only in the body of its 400.
     let probe = format!(
-        "HEAD {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: pix-auth-proxy-check\r\n\r\n",
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: pix-auth-proxy-check\r\n\r\n",
         uri.authority().map(|a| a.as_str()).unwrap_or(&host)
     );
-    let mut buf = [0u8; 64];
+    let mut answer = Vec::new();
     let exchange = async {
         stream.write_all(probe.as_bytes()).await?;
-        stream.read(&mut buf).await
-    };
-    match tokio::time::timeout(
-        config.proxy.request_timeout.min(Duration::from_secs(15)),
-        exchange,
-    )
-    .await
-    {
-        Ok(Ok(n)) if n > 0 => {
-            let status = String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            report.pass(WHAT, format!("{addr}: {version}, client certificate accepted (probe without a token: {status})"));
+        let mut buf = [0u8; 1024];
+        while answer.len() < crate::tls::refusal::SNIFF_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                // Some answer already came: a reset after it is the server closing.
+                Err(_) if !answer.is_empty() => break,
+                Err(e) => return Err(e),
+            }
         }
-        Ok(Ok(_)) => report.fail(
+        Ok(())
+    };
+    let bound = config.proxy.request_timeout.min(Duration::from_secs(15));
+    let outcome = tokio::time::timeout(bound, exchange).await;
+    if answer.is_empty() {
+        return match outcome {
+            Ok(Ok(())) => report.fail(
+                WHAT,
+                "the PSP closed the connection right after the handshake (client certificate refused?)",
+            ),
+            Ok(Err(e)) => report.fail(
+                WHAT,
+                tls_cause(&e)
+                    .unwrap_or_else(|| format!("the connection failed after the handshake: {e}")),
+            ),
+            Err(_) => report.fail(
+                WHAT,
+                "the PSP did not answer a plain request after the handshake",
+            ),
+        };
+    }
+    let text = String::from_utf8_lossy(&answer);
+    let status_line = text.lines().next().unwrap_or_default().to_owned();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<http::StatusCode>().ok());
+    let body = text.find("\r\n\r\n").map_or(&b""[..], |i| &answer[i + 4..]);
+    match status.and_then(|s| crate::tls::refusal::http_refusal(s, body)) {
+        Some(refusal) => report.fail(
             WHAT,
-            "the PSP closed the connection right after the handshake (client certificate refused?)",
+            format!("{addr}: {version}, {refusal} (probe without a token: {status_line})"),
         ),
-        Ok(Err(e)) => report.fail(
+        None => report.pass(
             WHAT,
-            tls_cause(&e)
-                .unwrap_or_else(|| format!("the connection failed after the handshake: {e}")),
-        ),
-        Err(_) => report.fail(
-            WHAT,
-            "the PSP did not answer a plain request after the handshake",
+            format!(
+                "{addr}: {version}, client certificate accepted (probe without a token: {status_line})"
+            ),
         ),
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub mod pkcs12;
+pub mod refusal;
 
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;

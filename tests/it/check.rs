@@ -133,3 +133,91 @@ async fn check_names_an_unreachable_psp() {
         "{report}"
     );
 }
+
+/// flags pointing both the API and the token endpoint at an nginx-like edge that refuses
+/// our certificate after the handshake.
+fn edge_flags(env: &Env, edge: &crate::support::nginx_edge::NginxEdge) -> Vec<String> {
+    env.flags(&[
+        "--upstream",
+        &edge.url(),
+        "--token-url",
+        &format!("{}/oauth/token", edge.url()),
+    ])
+}
+
+#[tokio::test]
+async fn check_says_the_psp_refused_our_certificate_when_an_nginx_edge_answers_400() {
+    let env = Env::new().await;
+    let edge = crate::support::nginx_edge::NginxEdge::start(&env.pki.server().unwrap()).await;
+    let (code, report) = check(&edge_flags(&env, &edge)).await;
+    assert_ne!(code, 0, "{report}");
+    let tls_line = report
+        .lines()
+        .find(|l| l.contains("TLS with the PSP"))
+        .unwrap_or_default();
+    assert!(tls_line.contains("[FAIL]"), "{report}");
+    assert!(
+        tls_line.contains("the PSP refused our client certificate: not trusted by its CA"),
+        "{report}"
+    );
+    assert!(
+        !tls_line.contains("client certificate accepted"),
+        "{report}"
+    );
+    let token_line = report
+        .lines()
+        .find(|l| l.contains("token request"))
+        .unwrap_or_default();
+    assert!(token_line.contains("[FAIL]"), "{report}");
+    assert!(
+        token_line.contains("refused our client certificate"),
+        "{report}"
+    );
+    assert_eq!(edge.requests(), 2, "one probe and one token request");
+}
+
+#[tokio::test]
+async fn the_running_sidecar_counts_and_warns_when_the_psp_refuses_its_certificate() {
+    let env = Env::new().await;
+    // A subject no other test uses, so the log line found is this test's.
+    let cn = format!("refused-by-edge-{}", std::process::id());
+    let client = env.pki.client(&cn).unwrap();
+    env.write("refused.pem", client.cert_pem.as_bytes());
+    env.write("refused.key", client.key_pem.as_bytes());
+    let edge = crate::support::nginx_edge::NginxEdge::start(&env.pki.server().unwrap()).await;
+    let token_url = format!("{}/oauth/token", edge.url());
+    let (cert, key) = (env.p("refused.pem"), env.p("refused.key"));
+    let sidecar = env
+        .sidecar(&[
+            "--upstream",
+            &edge.url(),
+            "--token-url",
+            &token_url,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ])
+        .await;
+    let metrics = sidecar.metrics.clone();
+    let refused = || {
+        metrics.encode().lines().any(|l| {
+            l.starts_with("pix_auth_proxy_token_fetch_total{")
+                && l.contains("reason=\"client_cert_refused\"")
+                && l.contains("result=\"failure\"")
+        })
+    };
+    assert!(eventually(std::time::Duration::from_secs(5), refused).await);
+    let logs = crate::support::logs::captured();
+    let warn = logs
+        .lines()
+        .find(|l| l.contains("client_cert_refused") && l.contains(&cn))
+        .unwrap_or_else(|| panic!("no client_cert_refused WARN naming CN={cn}"));
+    assert!(warn.contains("WARN"), "{warn}");
+    assert!(
+        warn.contains("issuer") && warn.contains("test CA"),
+        "{warn}"
+    );
+    assert!(warn.contains("not trusted by its CA"), "{warn}");
+    env.assert_logs_clean();
+}

@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod logs;
+pub mod nginx_edge;
 pub mod process;
 pub mod redis_server;
 pub mod refusing_h2;
