@@ -43,6 +43,9 @@ pub enum ProxyError {
     /// The app's request could not be read or rewritten (downstream).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The request's framing cannot be passed on (downstream).
+    #[error("{0}")]
+    Framing(&'static str, ProblemKind),
     /// No usable token: the token endpoint is failing, or none arrived within the wait
     /// bound (internal).
     #[error("no usable access token (token endpoint failing, or none within {0:?})")]
@@ -71,6 +74,7 @@ impl ProxyError {
         match self {
             ProxyError::ForbiddenTarget(_) => ProblemKind::ForbiddenTarget,
             ProxyError::BadRequest(_) => ProblemKind::BadRequest,
+            ProxyError::Framing(_, kind) => *kind,
             ProxyError::TokenUnavailable(_) => ProblemKind::TokenUnavailable,
             ProxyError::UpstreamConnect(_) => ProblemKind::UpstreamConnect,
             ProxyError::UpstreamTls(_) => ProblemKind::UpstreamTls,
@@ -280,6 +284,21 @@ impl Proxy {
 
     async fn forward(&self, req: Request<Incoming>) -> Result<Response<ResponseBody>, ProxyError> {
         let inner = &*self.inner;
+        match rewrite::framing_problem(req.version(), req.headers()) {
+            None => {}
+            Some(rewrite::FramingProblem::MissingHost) => {
+                return Err(ProxyError::Framing(
+                    "an HTTP/1.1 request must carry Host",
+                    ProblemKind::BadRequest,
+                ));
+            }
+            Some(rewrite::FramingProblem::UnsupportedCoding) => {
+                return Err(ProxyError::Framing(
+                    "only the chunked transfer coding is supported",
+                    ProblemKind::UnsupportedTransferCoding,
+                ));
+            }
+        }
         if let Some(reason) = rewrite::forbidden_target(req.method(), req.version(), req.uri()) {
             let allowed = req.method() != Method::CONNECT
                 && req

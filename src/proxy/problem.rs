@@ -26,6 +26,9 @@ pub enum ProblemKind {
     ForbiddenTarget,
     /// The request could not be read from the app. 400.
     BadRequest,
+    /// The app's request uses a transfer coding the sidecar cannot pass on (anything but
+    /// `chunked`). 501.
+    UnsupportedTransferCoding,
 }
 
 impl ProblemKind {
@@ -39,6 +42,7 @@ impl ProblemKind {
             ProblemKind::UpstreamProtocol => "upstream-protocol",
             ProblemKind::ForbiddenTarget => "forbidden-target",
             ProblemKind::BadRequest => "bad-request",
+            ProblemKind::UnsupportedTransferCoding => "unsupported-transfer-coding",
         }
     }
 
@@ -52,6 +56,7 @@ impl ProblemKind {
             ProblemKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProblemKind::ForbiddenTarget => StatusCode::FORBIDDEN,
             ProblemKind::BadRequest => StatusCode::BAD_REQUEST,
+            ProblemKind::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -59,7 +64,9 @@ impl ProblemKind {
     /// token endpoint). Used as the log field `side` and to pick the metric.
     pub fn side(self) -> &'static str {
         match self {
-            ProblemKind::ForbiddenTarget | ProblemKind::BadRequest => "downstream",
+            ProblemKind::ForbiddenTarget
+            | ProblemKind::BadRequest
+            | ProblemKind::UnsupportedTransferCoding => "downstream",
             _ => "upstream",
         }
     }
@@ -76,6 +83,9 @@ impl ProblemKind {
                 "Only the configured PSP can be reached through this proxy"
             }
             ProblemKind::BadRequest => "The request could not be read",
+            ProblemKind::UnsupportedTransferCoding => {
+                "The request uses a transfer coding other than chunked"
+            }
         }
     }
 }

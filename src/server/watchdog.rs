@@ -60,25 +60,38 @@ pub enum Verdict {
 }
 
 /// Resolve when `state`'s connection has had its chance: no first request within
-/// `first_request`, or, after one, quiet (no request in flight, no byte moving) for `idle`.
-/// Runs forever otherwise; drop it to stop.
+/// `first_request`, or quiet (no request in flight, no byte moving) for `idle`, counted from
+/// the connection's start. Runs forever otherwise; drop it to stop.
 pub async fn watch(state: &ConnState, first_request: Duration, idle: Duration) -> Verdict {
-    tokio::time::sleep(first_request).await;
-    if state.started.load(Ordering::Relaxed) == 0 {
-        return Verdict::NoRequest;
-    }
+    let start = Instant::now();
+    let first_deadline = start + first_request;
     // Sample the activity counter a few times per idle period rather than reading the clock
     // on every read and write; quiet is declared within a quarter period of `idle`.
     let tick = (idle / 4).max(Duration::from_millis(10));
     let mut seen = state.activity.load(Ordering::Relaxed);
-    let mut quiet_since = Instant::now();
+    let mut quiet_since = start;
+    let mut next = start + tick;
     loop {
-        tokio::time::sleep(tick).await;
+        let waiting_for_first = state.started.load(Ordering::Relaxed) == 0;
+        let wake = if waiting_for_first {
+            next.min(first_deadline)
+        } else {
+            next
+        };
+        tokio::time::sleep_until(wake).await;
+        let now = Instant::now();
+        if state.started.load(Ordering::Relaxed) == 0 && now >= first_deadline {
+            return Verdict::NoRequest;
+        }
+        if now < next {
+            continue;
+        }
+        next = now + tick;
         let now_seen = state.activity.load(Ordering::Relaxed);
         if now_seen != seen || state.in_flight.load(Ordering::Relaxed) > 0 {
             seen = now_seen;
-            quiet_since = Instant::now();
-        } else if quiet_since.elapsed() >= idle {
+            quiet_since = now;
+        } else if now.duration_since(quiet_since) >= idle {
             return Verdict::Idle;
         }
     }
@@ -174,6 +187,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn quiet_counts_from_the_start_not_from_the_first_request_deadline() {
+        let state = Arc::new(ConnState::default());
+        // A request at once, then silence: idle after ~2 s although the first-request
+        // deadline is 10 s.
+        drop(state.request());
+        let started = Instant::now();
+        let verdict = watch(&state, Duration::from_secs(10), Duration::from_secs(2)).await;
+        assert_eq!(verdict, Verdict::Idle);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(2) && took <= Duration::from_millis(2_500),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn quiet_is_idle_but_a_request_in_flight_or_moving_bytes_is_not() {
         let state = Arc::new(ConnState::default());
         let guard = state.request();
@@ -195,7 +224,7 @@ mod tests {
         assert_eq!(watcher.await.unwrap(), Verdict::Idle);
         let took = started.elapsed();
         assert!(
-            took >= Duration::from_secs(24) && took <= Duration::from_secs(26),
+            took >= Duration::from_secs(24) && took <= Duration::from_secs(25),
             "{took:?}"
         );
     }
