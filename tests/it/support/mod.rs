@@ -4,8 +4,11 @@
 #![allow(dead_code)]
 
 pub mod body;
+pub mod fault;
+pub mod hostile_psp;
 pub mod logs;
 pub mod process;
+pub mod raw;
 pub mod redis_server;
 pub mod refusing_h2;
 

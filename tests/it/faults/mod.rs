@@ -1,0 +1,64 @@
+//! Faults and abuse (issue 12): hostile apps, hostile PSPs, hostile token endpoints, a
+//! misbehaving network towards the PSP and Redis, and the process lifecycle under load.
+//! Every test here proves one promise of DESIGN.md "Reliability promise" over real sockets.
+
+mod bodies;
+mod lifecycle;
+mod network;
+mod slow;
+mod smuggling;
+mod token;
+mod upstream;
+
+use pix_auth_proxy::metrics::Metrics;
+
+use crate::support::hostile_psp::HostilePsp;
+use crate::support::*;
+
+/// A sidecar whose API calls go to a [`HostilePsp`] (HTTP/1.1 only, as it offers no h2) and
+/// whose tokens come from the env's well-behaved mock PSP.
+pub struct Hostile {
+    pub env: Env,
+    pub psp: HostilePsp,
+    pub sidecar: Running,
+}
+
+pub async fn hostile(extra: &[&str]) -> Hostile {
+    let env = Env::new().await;
+    let server = env.pki.server().unwrap();
+    let psp = HostilePsp::start(&env.pki, &server).await;
+    let url = psp.url();
+    let mut flags = vec!["--upstream", url.as_str(), "--upstream-http1-only"];
+    flags.extend_from_slice(extra);
+    let sidecar = env.sidecar(&flags).await;
+    sidecar.ready().await;
+    Hostile { env, psp, sidecar }
+}
+
+/// The sum of every sample whose line starts with `prefix` (a name, optionally with the
+/// start of its label set), in this sidecar's Prometheus exposition.
+pub fn counter(metrics: &Metrics, prefix: &str) -> f64 {
+    metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub const UPSTREAM_ERRORS: &str = "pix_auth_proxy_upstream_errors_total";
+pub const DOWNSTREAM_BAD_REQUEST: &str =
+    "pix_auth_proxy_downstream_errors_total{kind=\"bad-request\"}";
+
+/// A plain GET answered 200 by the PSP: the sidecar still serves.
+pub async fn assert_still_serves(sidecar: &Running, path: &str) {
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), get(&sidecar.url(path)))
+        .await
+        .expect("a normal request is answered within 10 s");
+    assert_eq!(
+        got.status,
+        200,
+        "after the fault: {}",
+        String::from_utf8_lossy(&got.body)
+    );
+}
