@@ -204,11 +204,7 @@ const PAYLOADS: &[(&str, &str, Expect)] = &[
         "GET http://evil.example{P} HTTP/1.1\r\nHost: x\r\n\r\n",
         Refused,
     ),
-    (
-        "HTTP/0.9 request line",
-        "GET {P}\r\n\r\n",
-        Refused,
-    ),
+    ("HTTP/0.9 request line", "GET {P}\r\n\r\n", Refused),
     (
         "HTTP/1.1 without Host",
         "GET {P} HTTP/1.1\r\n\r\n",
@@ -279,7 +275,13 @@ async fn smuggling_payloads_never_reach_the_psp_as_an_extra_request() {
             assert!(cl <= 1, "{name}: {s:?}");
             assert!(!(cl == 1 && te.is_some()), "{name}: {s:?}");
             assert!(te.is_none_or(|t| t == "chunked"), "{name}: {s:?}");
-            for hop in ["connection", "upgrade", "http2-settings", "keep-alive", "te"] {
+            for hop in [
+                "connection",
+                "upgrade",
+                "http2-settings",
+                "keep-alive",
+                "te",
+            ] {
                 assert_eq!(s.header_count(hop), 0, "{name}: {hop} forwarded: {s:?}");
             }
         }
@@ -288,7 +290,11 @@ async fn smuggling_payloads_never_reach_the_psp_as_an_extra_request() {
         seen.iter().all(|s| !s.path.contains("smuggled")),
         "a smuggled request reached the PSP: {seen:?}"
     );
-    assert_eq!(h.psp.unparsable(), 0, "the PSP got bytes it could not frame");
+    assert_eq!(
+        h.psp.unparsable(),
+        0,
+        "the PSP got bytes it could not frame"
+    );
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert_still_serves(&h.sidecar, "/after-smuggling").await;
     h.env.assert_logs_clean();

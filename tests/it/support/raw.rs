@@ -219,3 +219,25 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// An empty SETTINGS frame (length 0, type 4, no flags, stream 0).
 pub const H2_EMPTY_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+/// Read until the last response parsed is a complete final (non-1xx) one, or the peer ends
+/// the connection; `closed` says which. Panics after `within` (a hang).
+pub async fn read_final(tcp: &mut TcpStream, within: Duration) -> (Vec<RawResponse>, bool) {
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + within;
+    loop {
+        let parsed = responses(&bytes);
+        if parsed.last().is_some_and(|r| r.status >= 200 && r.complete) {
+            return (parsed, false);
+        }
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => bytes.extend_from_slice(&buf[..n]),
+            Ok(_) => return (responses(&bytes), true),
+            Err(_) => panic!(
+                "no final response within {within:?}: {:?}",
+                String::from_utf8_lossy(&bytes)
+            ),
+        }
+    }
+}
