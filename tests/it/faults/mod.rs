@@ -62,3 +62,52 @@ pub async fn assert_still_serves(sidecar: &Running, path: &str) {
         String::from_utf8_lossy(&got.body)
     );
 }
+
+/// Answers counted by a client loop: 2xx, other statuses, and requests with no answer.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub ok: u64,
+    pub non_2xx: u64,
+    pub unanswered: u64,
+}
+
+/// `loops` sequential clients per URL for `duration`, each request bounded by 5 s.
+pub async fn load(urls: &[String], duration: std::time::Duration) -> Tally {
+    let until = tokio::time::Instant::now() + duration;
+    let tasks: Vec<_> = urls
+        .iter()
+        .cloned()
+        .map(|url| {
+            tokio::spawn(async move {
+                let client = http_client();
+                let mut t = Tally::default();
+                while tokio::time::Instant::now() < until {
+                    let req = http::Request::get(url.as_str()).body(empty()).unwrap();
+                    let answer = tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        client.request(req),
+                    )
+                    .await;
+                    match answer {
+                        Ok(Ok(resp)) if resp.status().is_success() => t.ok += 1,
+                        Ok(Ok(resp)) => {
+                            t.non_2xx += 1;
+                            eprintln!("non-2xx answer: {}", resp.status());
+                        }
+                        _ => t.unanswered += 1,
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                t
+            })
+        })
+        .collect();
+    let mut total = Tally::default();
+    for task in tasks {
+        let t = task.await.unwrap();
+        total.ok += t.ok;
+        total.non_2xx += t.non_2xx;
+        total.unanswered += t.unanswered;
+    }
+    total
+}
