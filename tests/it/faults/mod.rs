@@ -71,15 +71,20 @@ pub struct Tally {
     pub unanswered: u64,
 }
 
-/// `loops` sequential clients per URL for `duration`, each request bounded by 5 s.
+/// One sequential HTTP/1.1 client per URL for `duration`, each request bounded by 5 s.
 pub async fn load(urls: &[String], duration: std::time::Duration) -> Tally {
+    load_on(urls, duration, false).await
+}
+
+/// [`load`], over h2c (prior knowledge) if `h2c`.
+pub async fn load_on(urls: &[String], duration: std::time::Duration, h2c: bool) -> Tally {
     let until = tokio::time::Instant::now() + duration;
     let tasks: Vec<_> = urls
         .iter()
         .cloned()
         .map(|url| {
             tokio::spawn(async move {
-                let client = http_client();
+                let client = if h2c { h2c_client() } else { http_client() };
                 let mut t = Tally::default();
                 while tokio::time::Instant::now() < until {
                     let req = http::Request::get(url.as_str()).body(empty()).unwrap();
