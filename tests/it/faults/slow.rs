@@ -38,7 +38,10 @@ async fn an_http1_slowloris_head_is_cut_at_the_header_read_timeout_and_others_ar
             cut_after = Some(started.elapsed());
             break;
         }
-        if let Some(_) = closed_within(&mut tcp, Duration::from_millis(200)).await {
+        if closed_within(&mut tcp, Duration::from_millis(200))
+            .await
+            .is_some()
+        {
             cut_after = Some(started.elapsed());
             break;
         }

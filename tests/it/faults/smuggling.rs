@@ -295,6 +295,23 @@ async fn smuggling_payloads_never_reach_the_psp_as_an_extra_request() {
         0,
         "the PSP got bytes it could not frame"
     );
+    // Re-framed, not relayed: no payload's bare LF, bare CR or NUL reaches the PSP's stream
+    // (none of the forwarded bodies holds one).
+    let raw = h.psp.raw();
+    assert!(!raw.is_empty());
+    for (i, b) in raw.iter().enumerate() {
+        let prev = i.checked_sub(1).map(|p| raw[p]);
+        let next = raw.get(i + 1).copied();
+        assert!(*b != 0, "a NUL reached the PSP");
+        assert!(
+            *b != b'\n' || prev == Some(b'\r'),
+            "a bare LF reached the PSP"
+        );
+        assert!(
+            *b != b'\r' || next == Some(b'\n'),
+            "a bare CR reached the PSP"
+        );
+    }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert_still_serves(&h.sidecar, "/after-smuggling").await;
     h.env.assert_logs_clean();
