@@ -216,5 +216,6 @@ async fn a_client_that_stops_reading_a_large_response_is_cut_after_the_idle_time
     );
     let drained = closed_within(&mut tcp, Duration::from_secs(10)).await;
     assert!(drained.is_some(), "the app connection was not closed");
+    h.psp.script(vec![Step::Echo]);
     assert_still_serves(&h.sidecar, "/cob/after-stuck-reader").await;
 }
