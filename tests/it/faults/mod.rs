@@ -3,6 +3,7 @@
 //! Every test here proves one promise of DESIGN.md "Reliability promise" over real sockets.
 
 mod bodies;
+mod h2c_smuggling;
 mod lifecycle;
 mod network;
 mod slow;

@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod fault;
+pub mod h2_frames;
 pub mod hostile_psp;
 pub mod logs;
 pub mod process;
