@@ -8,6 +8,7 @@ mod binary;
 mod cache;
 mod check;
 mod demo;
+mod faults;
 mod identity;
 mod providers;
 mod proxy;

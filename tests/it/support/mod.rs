@@ -4,9 +4,13 @@
 #![allow(dead_code)]
 
 pub mod body;
+pub mod fault;
+pub mod h2_frames;
+pub mod hostile_psp;
 pub mod logs;
 pub mod nginx_edge;
 pub mod process;
+pub mod raw;
 pub mod redis_server;
 pub mod refusing_h2;
 
