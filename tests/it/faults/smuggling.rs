@@ -95,9 +95,9 @@ const PAYLOADS: &[(&str, &str, Expect)] = &[
         Served(1),
     ),
     (
-        "TE split over two headers",
+        "TE split over two headers (gzip cannot be decoded: 501)",
         "POST {P} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-        Served(1),
+        Refused,
     ),
     (
         "TE on HTTP/1.0",
@@ -206,9 +206,14 @@ const PAYLOADS: &[(&str, &str, Expect)] = &[
     ),
     ("HTTP/0.9 request line", "GET {P}\r\n\r\n", Refused),
     (
-        "HTTP/1.1 without Host",
+        "TE gzip, chunked in one header (501)",
+        "POST {P} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        Refused,
+    ),
+    (
+        "HTTP/1.1 without Host (400, RFC 9112 §3.2)",
         "GET {P} HTTP/1.1\r\n\r\n",
-        Served(1),
+        Refused,
     ),
 ];
 
