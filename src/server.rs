@@ -24,29 +24,7 @@ use tokio::sync::{Semaphore, watch};
 /// The first bytes of an h2c connection with prior knowledge (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Listener settings.
-#[derive(Debug, Clone)]
-pub struct ServerOptions {
-    /// How long in-flight requests may take to finish after shutdown starts.
-    pub drain_timeout: Duration,
-    /// How long a client may take to send a request's headers.
-    pub header_read_timeout: Duration,
-    /// Connections served at once; further ones wait in the kernel's accept queue.
-    pub max_connections: usize,
-    /// Largest request head (HTTP/1 buffer, HTTP/2 header list), in bytes.
-    pub max_header_bytes: usize,
-}
-
-impl Default for ServerOptions {
-    fn default() -> Self {
-        Self {
-            drain_timeout: Duration::from_secs(30),
-            header_read_timeout: Duration::from_secs(10),
-            max_connections: 1024,
-            max_header_bytes: 64 * 1024,
-        }
-    }
-}
+pub use crate::config::ServerOptions;
 
 /// Serve `handler` on `listener` until `shutdown` resolves, then drain.
 /// Returns whether every connection finished within the drain timeout.

@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::client::UpstreamProtocol;
+pub use crate::config::{ApiExtras, ProxyOptions};
 use crate::generation::{Current, Generation};
 use crate::metrics::Metrics;
 pub use problem::ProblemKind;
@@ -90,30 +91,6 @@ impl ProxyError {
     }
 }
 
-/// What a PSP preset adds to every API call.
-#[derive(Clone, Default)]
-pub struct ApiExtras {
-    /// A query parameter appended to every call (name, value), e.g. BB's `gw-dev-app-key`.
-    pub query: Option<(String, secrecy::SecretString)>,
-    /// A header set to a fresh UUID v4 on every call unless the app sent one.
-    pub correlation_id: Option<http::HeaderName>,
-    /// Headers set on every call.
-    pub headers: Vec<(http::HeaderName, HeaderValue)>,
-}
-
-impl std::fmt::Debug for ApiExtras {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiExtras")
-            .field(
-                "query",
-                &self.query.as_ref().map(|(k, _)| (k, "<redacted>")),
-            )
-            .field("correlation_id", &self.correlation_id)
-            .field("headers", &self.headers)
-            .finish()
-    }
-}
-
 impl ApiExtras {
     /// `name=value`, form-encoded, to append to every query string.
     fn query_suffix(&self) -> Option<String> {
@@ -141,30 +118,6 @@ impl ApiExtras {
         }
         for (k, v) in &self.headers {
             headers.insert(k.clone(), v.clone());
-        }
-    }
-}
-
-/// Proxy settings.
-#[derive(Debug, Clone)]
-pub struct ProxyOptions {
-    /// Bound on waiting for the upstream's response headers.
-    pub request_timeout: Duration,
-    /// Bound on waiting for a usable token (cold start, after a 401).
-    pub token_wait: Duration,
-    /// Request bodies up to this size are buffered so they can be replayed after a 401.
-    pub replay_limit: usize,
-    /// What the PSP preset adds to every call.
-    pub extras: ApiExtras,
-}
-
-impl Default for ProxyOptions {
-    fn default() -> Self {
-        Self {
-            request_timeout: Duration::from_secs(60),
-            token_wait: Duration::from_secs(10),
-            replay_limit: 64 * 1024,
-            extras: ApiExtras::default(),
         }
     }
 }
