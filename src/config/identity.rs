@@ -13,28 +13,61 @@ use super::{ConfigError, SecretEnv, err};
 use crate::cli::RunArgs;
 use crate::tls::{Identity, TlsError};
 
+/// The flags of one identity (the client's, or the webhook listener's) and their names, so
+/// that both are checked by the same code and errors name the right flag.
+pub(super) struct IdentityFlags<'a> {
+    pub cert: (&'static str, Option<&'a PathBuf>),
+    pub key: (&'static str, Option<&'a PathBuf>),
+    pub pkcs12: (&'static str, Option<&'a PathBuf>),
+    pub password_file: (&'static str, Option<&'a PathBuf>),
+    /// The password from the environment, when there is no password file.
+    pub password_env: Option<SecretString>,
+    /// What the certificate is, for the "is required" message.
+    pub what: &'static str,
+}
+
+impl<'a> IdentityFlags<'a> {
+    /// The client identity's flags.
+    pub fn client(args: &'a RunArgs, secrets: &SecretEnv) -> Self {
+        IdentityFlags {
+            cert: ("--cert", args.cert.as_ref()),
+            key: ("--key", args.key.as_ref()),
+            pkcs12: ("--pkcs12", args.pkcs12.as_ref()),
+            password_file: ("--pkcs12-password-file", args.pkcs12_password_file.as_ref()),
+            password_env: secrets.pkcs12_password.clone(),
+            what: "PEM client certificate",
+        }
+    }
+
+    /// Whether any of them was given.
+    pub fn any(&self) -> bool {
+        self.cert.1.is_some()
+            || self.key.1.is_some()
+            || self.pkcs12.1.is_some()
+            || self.password_file.1.is_some()
+    }
+}
+
 pub(super) fn identity_source(
-    args: &RunArgs,
-    secrets: &SecretEnv,
+    flags: IdentityFlags<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<IdentitySource, ConfigError> {
-    if let Some(p12) = &args.pkcs12 {
-        readable_file("--pkcs12", p12)?;
+    if let (name, Some(p12)) = flags.pkcs12 {
+        readable_file(name, p12)?;
         if let Some(w) = permissive_mode(p12) {
-            warnings.push(format!("--pkcs12 {}: {w}", p12.display()));
+            warnings.push(format!("{name} {}: {w}", p12.display()));
         }
-        let password = match &args.pkcs12_password_file {
-            Some(f) => {
-                readable_file("--pkcs12-password-file", f)?;
+        let password = match flags.password_file {
+            (name, Some(f)) => {
+                readable_file(name, f)?;
                 if let Some(w) = permissive_mode(f) {
-                    warnings.push(format!("--pkcs12-password-file {}: {w}", f.display()));
+                    warnings.push(format!("{name} {}: {w}", f.display()));
                 }
                 PasswordSource::File(f.clone())
             }
-            None => PasswordSource::Value(
-                secrets
-                    .pkcs12_password
-                    .clone()
+            (_, None) => PasswordSource::Value(
+                flags
+                    .password_env
                     .unwrap_or_else(|| SecretString::from(String::new())),
             ),
         };
@@ -43,26 +76,32 @@ pub(super) fn identity_source(
             password,
         });
     }
-    if args.pkcs12_password_file.is_some() {
+    if let (name, Some(_)) = flags.password_file {
         return Err(err(
-            "--pkcs12-password-file",
-            "only makes sense with --pkcs12",
+            name,
+            format!("only makes sense with {}", flags.pkcs12.0),
         ));
     }
-    let cert = args.cert.clone().ok_or_else(|| {
+    let (cert_flag, key_flag) = (flags.cert.0, flags.key.0);
+    let cert = flags.cert.1.cloned().ok_or_else(|| {
         err(
-            "--cert",
-            "is required (PEM client certificate), or give the identity as --pkcs12",
+            cert_flag,
+            format!(
+                "is required ({}), or give the identity as {}",
+                flags.what, flags.pkcs12.0
+            ),
         )
     })?;
-    let key = args
-        .key
-        .clone()
-        .ok_or_else(|| err("--key", "is required (PEM private key of --cert)"))?;
-    readable_file("--cert", &cert)?;
-    readable_file("--key", &key)?;
+    let key = flags.key.1.cloned().ok_or_else(|| {
+        err(
+            key_flag,
+            format!("is required (PEM private key of {cert_flag})"),
+        )
+    })?;
+    readable_file(cert_flag, &cert)?;
+    readable_file(key_flag, &key)?;
     if let Some(w) = permissive_mode(&key) {
-        warnings.push(format!("--key {}: {w}", key.display()));
+        warnings.push(format!("{key_flag} {}: {w}", key.display()));
     }
     Ok(IdentitySource::Pem { cert, key })
 }

@@ -7,7 +7,7 @@
 //!
 //! Split by concern: [`identity`] (client identity sources), [`cache`] (shared cache flags),
 //! [`options`] (plain settings of the request path, listener and upstream client), `files`
-//! (file, URL and duration checks; the secret-file reader). This module depends on no upper
+//! (file, URL and duration checks; the secret-file reader), [`webhook`] (the inbound listener). This module depends on no upper
 //! layer: `proxy`, `server` and `client` re-export their option types from here.
 
 mod cache;
@@ -16,6 +16,7 @@ pub mod identity;
 pub mod options;
 #[cfg(test)]
 mod tests;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ use crate::token::endpoint::{ClientAuth, TokenRequest};
 use files::{https_url, positive, read_non_empty_secret, read_secret, readable_file};
 pub use identity::{IdentitySource, PasswordSource};
 pub use options::{ApiExtras, ClientOptions, ProxyOptions, ServerOptions};
+pub use webhook::WebhookConfig;
 
 /// A setting that cannot be used, naming the flag.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +98,8 @@ pub struct Config {
     pub client_secret_file: Option<PathBuf>,
     /// How often identity, CA and secret files are checked for changes.
     pub reload_interval: Duration,
+    /// The inbound (webhook) listener, if `--webhook-listen` is given.
+    pub webhook: Option<WebhookConfig>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter, if given by flag.
@@ -146,6 +150,7 @@ impl Config {
             cache: None,
             client_secret_file: None,
             reload_interval: Duration::from_secs(2),
+            webhook: None,
             log_format: LogFormat::Text,
             log_level: None,
             warnings: Vec::new(),
@@ -240,12 +245,16 @@ impl Config {
             .filter(|s| !s.is_empty());
         let api_extras = options::api_extras(args, preset, &client_id, &mut warnings)?;
 
-        let identity = identity::identity_source(args, &secrets, &mut warnings)?;
+        let identity = identity::identity_source(
+            identity::IdentityFlags::client(args, &secrets),
+            &mut warnings,
+        )?;
         if let Some(ca) = &args.ca {
             readable_file("--ca", ca)?;
         }
 
         let cache = cache::cache_config(args, &mut warnings)?;
+        let webhook = webhook::webhook_config(args, &mut warnings)?;
 
         if !(0.1..=0.95).contains(&args.refresh_ratio) {
             return Err(err(
@@ -314,6 +323,7 @@ impl Config {
             cache,
             client_secret_file: args.client_secret_file.clone(),
             reload_interval: args.reload_interval,
+            webhook,
             log_format: args.log.log_format,
             log_level: args.log.log_level.clone(),
             warnings,

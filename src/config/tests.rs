@@ -149,3 +149,142 @@ fn debug_of_config_hides_the_secret() {
     let c = Config::from_args(&f.args(&[]), SecretEnv::default()).unwrap();
     assert!(!format!("{c:?}").contains("s3cret"));
 }
+
+#[test]
+fn webhook_flags_are_checked_and_name_their_flag() {
+    let f = Files::new("wh");
+    std::fs::write(f.dir.join("ca.pem"), "x").unwrap();
+    let (c, k, ca) = (f.p("cert.pem"), f.p("key.pem"), f.p("ca.pem"));
+    let base = [
+        "--webhook-listen",
+        "0.0.0.0:8443",
+        "--webhook-cert",
+        &c,
+        "--webhook-key",
+        &k,
+        "--webhook-client-ca",
+        &ca,
+        "--webhook-forward",
+        "http://127.0.0.1:3000/hook",
+    ];
+    let ok = Config::from_args(&f.args(&base), SecretEnv::default()).unwrap();
+    let wh = ok.webhook.expect("webhook configured");
+    assert_eq!(wh.path, "");
+    assert_eq!(wh.max_body, 1024 * 1024);
+    assert!(
+        ok.warnings
+            .iter()
+            .any(|w| w.contains("--webhook-allow-subject"))
+    );
+
+    let without = |drop_flag: &str| {
+        let mut v: Vec<&str> = Vec::new();
+        let mut i = 0;
+        while i < base.len() {
+            if base[i] == drop_flag {
+                i += 2;
+                continue;
+            }
+            v.push(base[i]);
+            i += 1;
+        }
+        v
+    };
+    let with = |extra: &[&'static str]| {
+        let mut v: Vec<&str> = base.to_vec();
+        v.extend_from_slice(extra);
+        v
+    };
+    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+        (without("--webhook-cert"), "--webhook-cert", "required"),
+        (
+            without("--webhook-client-ca"),
+            "--webhook-client-ca",
+            "required",
+        ),
+        (
+            without("--webhook-forward"),
+            "--webhook-forward",
+            "required",
+        ),
+        (
+            with(&["--webhook-forward", "http://10.1.2.3/x"]),
+            "--webhook-forward",
+            "loopback",
+        ),
+        (
+            with(&["--webhook-forward", "https://127.0.0.1/x"]),
+            "--webhook-forward",
+            "http://",
+        ),
+        (
+            with(&["--webhook-allow-spki", "abc"]),
+            "--webhook-allow-spki",
+            "SHA-256",
+        ),
+        (
+            with(&["--webhook-allow-ip", "10.0.0.0/40"]),
+            "--webhook-allow-ip",
+            "CIDR",
+        ),
+        (with(&["--webhook-path", "hook"]), "--webhook-path", "start"),
+        (
+            with(&["--webhook-max-body", "0"]),
+            "--webhook-max-body",
+            "outside",
+        ),
+        (
+            vec!["--webhook-forward", "http://127.0.0.1:3000/"],
+            "--webhook-forward",
+            "--webhook-listen",
+        ),
+    ];
+    for (argv, flag, needle) in cases {
+        // A repeated flag keeps its last value for single-valued flags.
+        let args = match RunArgs::try_parse_from(
+            [
+                "x",
+                "--client-id",
+                "id",
+                "--cert",
+                &c,
+                "--key",
+                &k,
+                "--client-secret-file",
+                &f.p("secret"),
+            ]
+            .into_iter()
+            .chain(dedup_last(&argv)),
+        ) {
+            Ok(a) => a,
+            Err(e) => panic!("{argv:?}: {e}"),
+        };
+        let e = Config::from_args(&args, SecretEnv::default()).unwrap_err();
+        assert_eq!(e.flag, flag, "{argv:?}: {e}");
+        assert!(e.to_string().contains(needle), "{argv:?}: {e}");
+    }
+    // Without a certificate at all.
+    let e = Config::from_args(
+        &f.args(
+            &without("--webhook-cert")
+                .into_iter()
+                .filter(|a| *a != "--webhook-key" && *a != k)
+                .collect::<Vec<_>>(),
+        ),
+        SecretEnv::default(),
+    )
+    .unwrap_err();
+    assert_eq!(e.flag, "--webhook-cert", "{e}");
+}
+
+/// `argv` with an earlier `--flag value` pair removed when the flag comes again.
+fn dedup_last<'a>(argv: &[&'a str]) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for pair in argv.chunks(2) {
+        if let Some(i) = out.iter().position(|x| *x == pair[0]) {
+            out.drain(i..i + 2);
+        }
+        out.extend_from_slice(pair);
+    }
+    out
+}
