@@ -93,7 +93,7 @@ impl ProxyError {
 
 impl ApiExtras {
     /// `name=value`, form-encoded, to append to every query string.
-    fn query_suffix(&self) -> Option<String> {
+    pub(crate) fn query_suffix(&self) -> Option<String> {
         use secrecy::ExposeSecret;
         self.query.as_ref().map(|(k, v)| {
             let mut out = String::with_capacity(k.len() + v.expose_secret().len() + 8);
@@ -106,7 +106,7 @@ impl ApiExtras {
         })
     }
 
-    fn apply(&self, headers: &mut HeaderMap) {
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         if let Some(name) = &self.correlation_id {
             if !headers.contains_key(name) {
                 let id = uuid::Uuid::new_v4();

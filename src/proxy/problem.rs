@@ -1,5 +1,6 @@
 //! RFC 9457 problem bodies for the failures the sidecar itself produces, so that an app can
 //! tell them from the PSP's own errors.
+//! The webhook listener uses the same machinery (its kinds are prefixed `webhook-`).
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -26,6 +27,23 @@ pub enum ProblemKind {
     ForbiddenTarget,
     /// The request could not be read from the app. 400.
     BadRequest,
+    /// A webhook caller presented no client certificate (and no URL secret). 403.
+    WebhookClientCertRequired,
+    /// A webhook caller's certificate verified, but its subject or key is not allowed. 403.
+    WebhookIdentityMismatch,
+    /// A webhook caller's address or URL secret is not allowed. 403.
+    WebhookForbidden,
+    /// A webhook call to a path that is not the registered one. 404.
+    WebhookNotFound,
+    /// A webhook call with another method than POST. 405.
+    WebhookMethodNotAllowed,
+    /// A webhook body larger than `--webhook-max-body`. 413.
+    WebhookBodyTooLarge,
+    /// The app answered a notification with 5xx or could not be reached; the PSP should
+    /// retry. 503.
+    WebhookAppError,
+    /// The app did not answer a notification within `--webhook-timeout`. 503.
+    WebhookAppTimeout,
 }
 
 impl ProblemKind {
@@ -39,6 +57,14 @@ impl ProblemKind {
             ProblemKind::UpstreamProtocol => "upstream-protocol",
             ProblemKind::ForbiddenTarget => "forbidden-target",
             ProblemKind::BadRequest => "bad-request",
+            ProblemKind::WebhookClientCertRequired => "webhook-client-cert-required",
+            ProblemKind::WebhookIdentityMismatch => "webhook-identity-mismatch",
+            ProblemKind::WebhookForbidden => "webhook-forbidden",
+            ProblemKind::WebhookNotFound => "webhook-not-found",
+            ProblemKind::WebhookMethodNotAllowed => "webhook-method-not-allowed",
+            ProblemKind::WebhookBodyTooLarge => "webhook-body-too-large",
+            ProblemKind::WebhookAppError => "webhook-app-error",
+            ProblemKind::WebhookAppTimeout => "webhook-app-timeout",
         }
     }
 
@@ -50,8 +76,17 @@ impl ProblemKind {
             | ProblemKind::UpstreamTls
             | ProblemKind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             ProblemKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProblemKind::ForbiddenTarget => StatusCode::FORBIDDEN,
+            ProblemKind::ForbiddenTarget
+            | ProblemKind::WebhookClientCertRequired
+            | ProblemKind::WebhookIdentityMismatch
+            | ProblemKind::WebhookForbidden => StatusCode::FORBIDDEN,
             ProblemKind::BadRequest => StatusCode::BAD_REQUEST,
+            ProblemKind::WebhookNotFound => StatusCode::NOT_FOUND,
+            ProblemKind::WebhookMethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProblemKind::WebhookBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProblemKind::WebhookAppError | ProblemKind::WebhookAppTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -67,6 +102,16 @@ impl ProblemKind {
                 "Only the configured PSP can be reached through this proxy"
             }
             ProblemKind::BadRequest => "The request could not be read",
+            ProblemKind::WebhookClientCertRequired => "A client certificate is required",
+            ProblemKind::WebhookIdentityMismatch => {
+                "The client certificate is not one of the allowed callers"
+            }
+            ProblemKind::WebhookForbidden => "This caller is not allowed",
+            ProblemKind::WebhookNotFound => "Not the registered webhook path",
+            ProblemKind::WebhookMethodNotAllowed => "Webhooks are delivered with POST",
+            ProblemKind::WebhookBodyTooLarge => "The notification body is too large",
+            ProblemKind::WebhookAppError => "The application could not take the notification",
+            ProblemKind::WebhookAppTimeout => "The application did not answer in time",
         }
     }
 }
@@ -87,6 +132,9 @@ pub fn response(kind: ProblemKind, detail: &str) -> Response<Full<Bytes>> {
         HeaderValue::from_static("application/problem+json"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if kind == ProblemKind::WebhookMethodNotAllowed {
+        headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
+    }
     if kind == ProblemKind::TokenUnavailable {
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }

@@ -119,6 +119,8 @@ struct State {
     /// Close each connection gracefully after this many requests (0: never).
     requests_per_connection: AtomicU64,
     cobs: Mutex<HashMap<String, serde_json::Value>>,
+    /// Received Pix by `endToEndId` (`GET /pix/{e2eid}`).
+    pix: Mutex<HashMap<String, serde_json::Value>>,
     issued: Mutex<Vec<String>>,
     token_certs: Mutex<Vec<String>>,
 }
@@ -192,6 +194,7 @@ impl MockPsp {
             kick: watch::channel(0).0,
             requests_per_connection: AtomicU64::new(0),
             cobs: Mutex::new(HashMap::new()),
+            pix: Mutex::new(HashMap::new()),
             issued: Mutex::new(Vec::new()),
             token_certs: Mutex::new(Vec::new()),
         });
@@ -294,6 +297,15 @@ impl MockPsp {
             self.state.connections[0].load(Ordering::SeqCst),
             self.state.connections[1].load(Ordering::SeqCst),
         )
+    }
+
+    /// Record a received Pix of `valor` (e.g. "10.00") for `txid`, as `GET /pix/{e2eid}`
+    /// will show it; returns its `endToEndId`.
+    pub fn record_pix(&self, txid: &str, valor: &str) -> String {
+        super::pix::record(&self.state.pix, txid, valor)["endToEndId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// SHA-256 (hex) of the client certificate of each successful token request, in order.
@@ -647,7 +659,7 @@ async fn api(state: &State, cert: &str, req: Request<Incoming>) -> Response<Full
         return resp;
     }
     if state.settings.lock().unwrap().pix_api {
-        if let Some(resp) = super::pix::route(&state.cobs, req.method(), req.uri()) {
+        if let Some(resp) = super::pix::route(&state.cobs, &state.pix, req.method(), req.uri()) {
             let (parts, body) = req.into_parts();
             let body = http_body_util::Limited::new(body, 64 * 1024)
                 .collect()
