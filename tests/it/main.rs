@@ -14,3 +14,4 @@ mod proxy;
 mod reload;
 mod token;
 mod upstream;
+mod webhook;

@@ -15,7 +15,7 @@ use crate::support::*;
 
 /// `dir/..<version>/{cert.pem,key.pem}` and `dir/..data -> ..<version>`, swapped atomically
 /// like the kubelet does for Secret volumes.
-fn publish(dir: &Path, version: &str, cert_pem: &str, key_pem: &str) {
+pub(crate) fn publish(dir: &Path, version: &str, cert_pem: &str, key_pem: &str) {
     let data = dir.join(format!("..{version}"));
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("cert.pem"), cert_pem).unwrap();
