@@ -133,3 +133,27 @@ async fn check_names_an_unreachable_psp() {
         "{report}"
     );
 }
+
+#[tokio::test]
+async fn check_reports_the_webhook_certificate_and_each_client_ca() {
+    let env = Env::new().await;
+    let hooks = crate::support::webhook::Hooks::new(&env);
+    env.write("psp-ca-2.pem", hooks.impostor.ca_pem().as_bytes());
+    let mut extra = hooks.flags(&env, "http://127.0.0.1:3000/hook", &[]);
+    extra.extend(["--webhook-client-ca".to_string(), env.p("psp-ca-2.pem")]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (code, report) = check(&env.flags(&extra)).await;
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("[ ok ] webhook certificate"), "{report}");
+    assert!(report.contains("CN=mock-psp"), "{report}");
+    let cas: Vec<&str> = report
+        .lines()
+        .filter(|l| l.contains("webhook client CA"))
+        .collect();
+    assert_eq!(cas.len(), 2, "{report}");
+    assert!(
+        cas[0].contains("PSP root CA") && cas[0].contains("days left"),
+        "{report}"
+    );
+    assert!(cas[1].contains("impostor CA"), "{report}");
+}
