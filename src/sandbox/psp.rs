@@ -121,6 +121,8 @@ struct State {
     cobs: Mutex<HashMap<String, serde_json::Value>>,
     /// Received Pix by `endToEndId` (`GET /pix/{e2eid}`).
     pix: Mutex<HashMap<String, serde_json::Value>>,
+    /// Where a simulated payment is notified.
+    webhook: Mutex<Option<super::WebhookTarget>>,
     issued: Mutex<Vec<String>>,
     token_certs: Mutex<Vec<String>>,
 }
@@ -195,6 +197,7 @@ impl MockPsp {
             requests_per_connection: AtomicU64::new(0),
             cobs: Mutex::new(HashMap::new()),
             pix: Mutex::new(HashMap::new()),
+            webhook: Mutex::new(None),
             issued: Mutex::new(Vec::new()),
             token_certs: Mutex::new(Vec::new()),
         });
@@ -297,6 +300,11 @@ impl MockPsp {
             self.state.connections[0].load(Ordering::SeqCst),
             self.state.connections[1].load(Ordering::SeqCst),
         )
+    }
+
+    /// Deliver every simulated payment (`POST /cob/{txid}/pay`) to `target`.
+    pub fn set_webhook(&self, target: super::WebhookTarget) {
+        *self.state.webhook.lock().unwrap() = Some(target);
     }
 
     /// Record a received Pix of `valor` (e.g. "10.00") for `txid`, as `GET /pix/{e2eid}`
@@ -660,16 +668,24 @@ async fn api(state: &State, cert: &str, req: Request<Incoming>) -> Response<Full
     }
     if state.settings.lock().unwrap().pix_api {
         if let Some(resp) = super::pix::route(&state.cobs, &state.pix, req.method(), req.uri()) {
+            let pay = req.method() == Method::POST && req.uri().path().ends_with("/pay");
             let (parts, body) = req.into_parts();
             let body = http_body_util::Limited::new(body, 64 * 1024)
                 .collect()
                 .await;
-            return match body {
+            let answer = match body {
                 Ok(b) => resp(&parts, &b.to_bytes()),
                 Err(_) => json(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     serde_json::json!({"error": "body"}),
                 ),
+            };
+            let target = state.webhook.lock().unwrap().clone();
+            return match target {
+                Some(target) if pay && answer.status() == StatusCode::OK => {
+                    notify_payment(&target, answer).await
+                }
+                _ => answer,
             };
         }
     }
@@ -716,4 +732,22 @@ async fn api(state: &State, cert: &str, req: Request<Incoming>) -> Response<Full
             "client_cert_sha256": cert,
         }),
     )
+}
+
+/// Deliver the notification in a payment's answer and add what the webhook said to it
+/// (`"webhook": {"status": 200}` or `{"error": "…"}`), so the caller sees the round trip.
+async fn notify_payment(
+    target: &super::WebhookTarget,
+    answer: Response<Full<Bytes>>,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = answer.into_parts();
+    let Ok(bytes) = body.collect().await.map(|b| b.to_bytes());
+    let mut doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let delivered = target.deliver(bytes).await;
+    tracing::info!(event = "mock_psp_webhook_delivered", result = ?delivered, "mock PSP notified the webhook");
+    doc["webhook"] = match delivered {
+        Ok(status) => serde_json::json!({"status": status}),
+        Err(e) => serde_json::json!({"error": e}),
+    };
+    json(parts.status, doc)
 }
