@@ -370,7 +370,7 @@ impl Sidecar {
         if accepts_unverified {
             tracing::warn!(
                 event = "webhook_accepts_unverified",
-                "the webhook listener accepts callers without a verified client certificate (URL secret only)"
+                "the webhook listener accepts callers without a verified client certificate when the URL carries the secret (--webhook-url-secret-file); restrict them with --webhook-allow-ip"
             );
         }
         let left = info.time_left(SystemTime::now());

@@ -263,6 +263,18 @@ fn webhook_flags_are_checked_and_name_their_flag() {
         assert_eq!(e.flag, flag, "{argv:?}: {e}");
         assert!(e.to_string().contains(needle), "{argv:?}: {e}");
     }
+    // The URL-secret variant needs no client CA.
+    std::fs::write(f.dir.join("url-secret"), "hmac-value\n").unwrap();
+    let secret_file = f.p("url-secret");
+    let mut argv = without("--webhook-client-ca");
+    argv.extend(["--webhook-url-secret-file", &secret_file]);
+    let c = Config::from_args(&f.args(&argv), SecretEnv::default()).unwrap();
+    let wh = c.webhook.unwrap();
+    assert!(wh.client_ca.is_empty() && wh.accepts_unverified());
+    assert!(
+        !format!("{wh:?}").contains("hmac-value"),
+        "Debug hides the URL secret"
+    );
     // Without a certificate at all.
     let e = Config::from_args(
         &f.args(

@@ -261,11 +261,9 @@ pub(super) fn webhook_config(
             format!("{} is outside 1..={MAX_BODY_LIMIT}", args.webhook_max_body),
         ));
     }
-    if url_secret.is_some() {
-        warnings.push(
-            "--webhook-url-secret-file: the webhook listener accepts callers without a verified client certificate when the URL carries the secret; restrict them with --webhook-allow-ip".into(),
-        );
-    } else if args.webhook_allow_subject.is_empty() && allow_spki.is_empty() {
+    // With a URL secret, the sidecar itself warns at start that callers without a verified
+    // certificate are accepted (the demo and tests build configs without these warnings).
+    if url_secret.is_none() && args.webhook_allow_subject.is_empty() && allow_spki.is_empty() {
         warnings.push(
             "--webhook-client-ca: without --webhook-allow-subject or --webhook-allow-spki, anyone holding a certificate from these CAs is accepted as the PSP".into(),
         );

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Uri, header};
+use http::{Request, Response, Uri, header};
 use http_body_util::{BodyExt, Full};
 use rustls_pki_types::CertificateDer;
 
@@ -82,4 +82,22 @@ impl WebhookTarget {
             .await
             .map_err(|_| "the webhook did not answer within 15 s".to_string())?
     }
+}
+
+/// Deliver the notification in a payment's answer and add what the webhook said to it
+/// (`"webhook": {"status": 200}` or `{"error": "…"}`), so the caller sees the round trip.
+pub(super) async fn notify_payment(
+    target: &WebhookTarget,
+    answer: Response<Full<Bytes>>,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = answer.into_parts();
+    let Ok(bytes) = body.collect().await.map(|b| b.to_bytes());
+    let mut doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let delivered = target.deliver(bytes).await;
+    tracing::info!(event = "mock_psp_webhook_delivered", result = ?delivered, "mock PSP notified the webhook");
+    doc["webhook"] = match delivered {
+        Ok(status) => serde_json::json!({"status": status}),
+        Err(e) => serde_json::json!({"error": e}),
+    };
+    super::psp::json(parts.status, doc)
 }

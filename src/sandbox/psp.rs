@@ -683,7 +683,7 @@ async fn api(state: &State, cert: &str, req: Request<Incoming>) -> Response<Full
             let target = state.webhook.lock().unwrap().clone();
             return match target {
                 Some(target) if pay && answer.status() == StatusCode::OK => {
-                    notify_payment(&target, answer).await
+                    super::notify::notify_payment(&target, answer).await
                 }
                 _ => answer,
             };
@@ -732,22 +732,4 @@ async fn api(state: &State, cert: &str, req: Request<Incoming>) -> Response<Full
             "client_cert_sha256": cert,
         }),
     )
-}
-
-/// Deliver the notification in a payment's answer and add what the webhook said to it
-/// (`"webhook": {"status": 200}` or `{"error": "…"}`), so the caller sees the round trip.
-async fn notify_payment(
-    target: &super::WebhookTarget,
-    answer: Response<Full<Bytes>>,
-) -> Response<Full<Bytes>> {
-    let (parts, body) = answer.into_parts();
-    let Ok(bytes) = body.collect().await.map(|b| b.to_bytes());
-    let mut doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    let delivered = target.deliver(bytes).await;
-    tracing::info!(event = "mock_psp_webhook_delivered", result = ?delivered, "mock PSP notified the webhook");
-    doc["webhook"] = match delivered {
-        Ok(status) => serde_json::json!({"status": status}),
-        Err(e) => serde_json::json!({"error": e}),
-    };
-    json(parts.status, doc)
 }
