@@ -36,7 +36,8 @@ pub fn app_client() -> AppClient {
         .build(connector)
 }
 
-/// The prefixes and names of headers through which a caller could claim an identity.
+/// The prefixes and names of headers through which a caller could claim an identity (and
+/// `Expect`, which only made sense towards the sidecar).
 fn claims_identity(name: &HeaderName) -> bool {
     let n = name.as_str();
     n.starts_with("x-pix-")
@@ -45,6 +46,8 @@ fn claims_identity(name: &HeaderName) -> bool {
         || n == "forwarded"
         || n == "x-request-id"
         || n == "x-real-ip"
+        // The sidecar already read the whole body: the app must not answer 100 Continue.
+        || n == "expect"
 }
 
 /// Strip hop-by-hop headers, `Host`, credentials and every identity claim from the

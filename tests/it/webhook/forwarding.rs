@@ -50,6 +50,19 @@ async fn pix_notification_reaches_the_app_with_exact_body_and_identity_headers()
     assert_eq!(s.headers["x-forwarded-proto"], "https");
     assert_eq!(s.headers["x-request-id"].len(), 36);
     assert_eq!(webhook_metric(&sidecar, "forwarded"), 1);
+    let text = sidecar.metrics.encode();
+    assert!(
+        text.contains("pix_auth_proxy_webhook_request_duration_seconds_count 1"),
+        "{text}"
+    );
+    let expiry = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("pix_auth_proxy_webhook_server_cert_expiry_timestamp_seconds ")
+        })
+        .map(|v| v.trim().parse::<f64>().unwrap())
+        .expect("the webhook certificate expiry is exported");
+    assert!(expiry > 1.7e9, "{expiry}");
 }
 
 #[tokio::test]
