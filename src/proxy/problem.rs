@@ -44,6 +44,9 @@ pub enum ProblemKind {
     WebhookAppError,
     /// The app did not answer a notification within `--webhook-timeout`. 503.
     WebhookAppTimeout,
+    /// `--webhook-verify require` could not ask the PSP about a notification; the PSP should
+    /// deliver it again. 503.
+    WebhookVerifyUnavailable,
 }
 
 impl ProblemKind {
@@ -65,6 +68,7 @@ impl ProblemKind {
             ProblemKind::WebhookBodyTooLarge => "webhook-body-too-large",
             ProblemKind::WebhookAppError => "webhook-app-error",
             ProblemKind::WebhookAppTimeout => "webhook-app-timeout",
+            ProblemKind::WebhookVerifyUnavailable => "webhook-verify-unavailable",
         }
     }
 
@@ -84,9 +88,9 @@ impl ProblemKind {
             ProblemKind::WebhookNotFound => StatusCode::NOT_FOUND,
             ProblemKind::WebhookMethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProblemKind::WebhookBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProblemKind::WebhookAppError | ProblemKind::WebhookAppTimeout => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProblemKind::WebhookAppError
+            | ProblemKind::WebhookAppTimeout
+            | ProblemKind::WebhookVerifyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -112,6 +116,9 @@ impl ProblemKind {
             ProblemKind::WebhookBodyTooLarge => "The notification body is too large",
             ProblemKind::WebhookAppError => "The application could not take the notification",
             ProblemKind::WebhookAppTimeout => "The application did not answer in time",
+            ProblemKind::WebhookVerifyUnavailable => {
+                "The notification could not be confirmed with the PSP yet"
+            }
         }
     }
 }

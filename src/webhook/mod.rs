@@ -358,23 +358,42 @@ impl Webhook {
         };
         let verified = match (&self.verifier, event) {
             (Some(v), Event::Pix) => {
-                let ok = v.confirm(&body).await;
+                let verdict = v.confirm(&body).await;
+                let confirmed = verdict == verify::Verdict::Confirmed;
                 self.metrics
-                    .webhook_request(if ok { "verified" } else { "unverified" });
-                if !ok && v.require() {
-                    tracing::warn!(
-                        event = "webhook_unverified_dropped",
-                        request_id,
-                        %peer,
-                        "the PSP did not confirm every Pix of this notification; dropped (200, so the PSP stops retrying)"
-                    );
-                    return (
-                        "unverified",
-                        Some(event),
-                        Response::new(Full::new(Bytes::new())),
-                    );
+                    .webhook_request(if confirmed { "verified" } else { "unverified" });
+                match verdict {
+                    verify::Verdict::Refuted if v.require() => {
+                        tracing::warn!(
+                            event = "webhook_unverified_dropped",
+                            request_id,
+                            %peer,
+                            "the PSP does not confirm every Pix of this notification; dropped (200, so the PSP stops retrying)"
+                        );
+                        return (
+                            "unverified",
+                            Some(event),
+                            Response::new(Full::new(Bytes::new())),
+                        );
+                    }
+                    verify::Verdict::Unknown if v.require() => {
+                        tracing::warn!(
+                            event = "webhook_verify_unavailable",
+                            request_id,
+                            %peer,
+                            "the PSP could not be asked about this notification; 503 so that it is delivered again"
+                        );
+                        return (
+                            "unverified",
+                            Some(event),
+                            problem(
+                                ProblemKind::WebhookVerifyUnavailable,
+                                "the notified Pix could not be confirmed with the PSP right now",
+                            ),
+                        );
+                    }
+                    _ => Some(confirmed),
                 }
-                Some(ok)
             }
             _ => None,
         };

@@ -5,6 +5,8 @@
 //! about someone else's Pix. The defence is to look each `endToEndId` up with our own
 //! credentials (`GET {upstream}/pix/{endToEndId}` through the current generation's client and
 //! token) and compare the amount and txid. Lookups are bounded in time and in concurrency.
+//! A PSP that could not be asked is not a refutation: with `require`, such a notification
+//! gets a 503 (the PSP retries later) instead of being dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,18 @@ const MAX_LOOKUPS: usize = 8;
 const MAX_PIX_PER_NOTIFICATION: usize = 50;
 /// Largest PSP answer read.
 const MAX_ANSWER: usize = 64 * 1024;
+
+/// What the PSP said about a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The PSP confirmed every Pix (same amount and txid).
+    Confirmed,
+    /// The PSP answered, and at least one Pix is unknown or differs (or the body names none).
+    Refuted,
+    /// The PSP could not be asked (no token, timeout, connection failure, 5xx): nothing is
+    /// known either way.
+    Unknown,
+}
 
 /// Confirms notified Pix through the outbound side.
 #[derive(Debug, Clone)]
@@ -62,71 +76,105 @@ impl Verifier {
         self.require
     }
 
-    /// Whether the PSP confirms every Pix in the notification `body` (`{"pix": [...]}`).
-    pub async fn confirm(&self, body: &Bytes) -> bool {
+    /// What the PSP says about every Pix in the notification `body` (`{"pix": [...]}`).
+    pub async fn confirm(&self, body: &Bytes) -> Verdict {
         let Ok(doc) = serde_json::from_slice::<Value>(body) else {
-            return false;
+            return Verdict::Refuted;
         };
         let Some(items) = doc["pix"].as_array() else {
-            return false;
+            return Verdict::Refuted;
         };
         if items.is_empty() || items.len() > MAX_PIX_PER_NOTIFICATION {
-            return false;
+            return Verdict::Refuted;
         }
         let checks = items.iter().map(|item| self.confirm_one(item));
-        futures_util::future::join_all(checks)
-            .await
-            .into_iter()
-            .all(|ok| ok)
+        let verdicts = futures_util::future::join_all(checks).await;
+        if verdicts.contains(&Verdict::Refuted) {
+            Verdict::Refuted
+        } else if verdicts.contains(&Verdict::Unknown) {
+            Verdict::Unknown
+        } else {
+            Verdict::Confirmed
+        }
     }
 
-    async fn confirm_one(&self, item: &Value) -> bool {
+    async fn confirm_one(&self, item: &Value) -> Verdict {
         let Some(e2e) = item["endToEndId"].as_str().filter(|id| valid_e2e(id)) else {
-            return false;
+            return Verdict::Refuted;
         };
-        let Some(record) = self.lookup(e2e).await else {
-            return false;
-        };
-        record["endToEndId"].as_str() == Some(e2e)
-            && same_amount(&record["valor"], &item["valor"])
-            && record["txid"] == item["txid"]
+        match self.lookup(e2e).await {
+            Lookup::Found(record)
+                if record["endToEndId"].as_str() == Some(e2e)
+                    && same_amount(&record["valor"], &item["valor"])
+                    && record["txid"] == item["txid"] =>
+            {
+                Verdict::Confirmed
+            }
+            Lookup::Found(_) | Lookup::NotFound => Verdict::Refuted,
+            Lookup::Failed => Verdict::Unknown,
+        }
     }
 
-    async fn lookup(&self, e2e: &str) -> Option<Value> {
+    async fn lookup(&self, e2e: &str) -> Lookup {
         let work = async {
-            let _permit = self.permits.acquire().await.ok()?;
+            let Ok(_permit) = self.permits.acquire().await else {
+                return Lookup::Failed;
+            };
             let generation = self.current.load_full();
-            let (auth, _) = generation.cell.wait_usable(0, self.timeout).await?;
-            let path: Uri = format!("/pix/{e2e}").parse().ok()?;
+            let Some((auth, _)) = generation.cell.wait_usable(0, self.timeout).await else {
+                return Lookup::Failed;
+            };
+            let Ok(path) = format!("/pix/{e2e}").parse::<Uri>() else {
+                return Lookup::Failed;
+            };
             let suffix = self.extras.query_suffix();
-            let uri = self.target.uri_for(&path, suffix.as_deref()).ok()?;
-            let mut req = Request::get(uri)
+            let Ok(uri) = self.target.uri_for(&path, suffix.as_deref()) else {
+                return Lookup::Failed;
+            };
+            let Ok(mut req) = Request::get(uri)
                 .version(Version::HTTP_11)
                 .body(Either::Left(Full::new(Bytes::new())))
-                .ok()?;
+            else {
+                return Lookup::Failed;
+            };
             self.extras.apply(req.headers_mut());
             req.headers_mut().insert(header::AUTHORIZATION, auth);
-            let resp = generation.client.request(req).await.ok()?;
-            if resp.status() != StatusCode::OK {
-                tracing::info!(
-                    event = "webhook_verify_lookup",
-                    status = resp.status().as_u16(),
-                    "the PSP does not confirm this Pix"
-                );
-                return None;
+            let Ok(resp) = generation.client.request(req).await else {
+                return Lookup::Failed;
+            };
+            let status = resp.status();
+            if status == StatusCode::NOT_FOUND {
+                return Lookup::NotFound;
             }
-            let body = Limited::new(resp.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .ok()?
-                .to_bytes();
-            serde_json::from_slice(&body).ok()
+            if status != StatusCode::OK {
+                tracing::info!(
+                    event = "webhook_verify_lookup_failed",
+                    status = status.as_u16(),
+                    "the PSP did not answer a Pix lookup"
+                );
+                return Lookup::Failed;
+            }
+            match Limited::new(resp.into_body(), MAX_ANSWER).collect().await {
+                Ok(body) => serde_json::from_slice(&body.to_bytes())
+                    .map(Lookup::Found)
+                    .unwrap_or(Lookup::NotFound),
+                Err(_) => Lookup::Failed,
+            }
         };
         tokio::time::timeout(self.timeout, work)
             .await
-            .ok()
-            .flatten()
+            .unwrap_or(Lookup::Failed)
     }
+}
+
+/// One PSP lookup.
+enum Lookup {
+    /// 200 with this record.
+    Found(Value),
+    /// 404 (or a 200 that is not a Pix record).
+    NotFound,
+    /// No answer to rely on.
+    Failed,
 }
 
 /// An `endToEndId` is 32 alphanumerics (BCB); anything else never reaches a URL.

@@ -248,3 +248,49 @@ async fn a_caller_outside_the_allowed_networks_gets_403() {
     );
     assert_eq!(app.seen().len(), 1);
 }
+
+#[tokio::test]
+async fn require_answers_503_when_the_psp_cannot_be_asked_so_the_notification_comes_again() {
+    let settings = pix_auth_proxy::sandbox::PspSettings {
+        pix_api: true,
+        ..Default::default()
+    };
+    let (env, hooks, app, sidecar) = setup_with(
+        Env::with(settings).await,
+        &["--webhook-verify", "require", "--webhook-timeout", "300ms"],
+    )
+    .await;
+    sidecar.ready().await;
+    let e2e = env.psp.record_pix("txid0000000000000000000000002", "1.00");
+    let known = format!(
+        r#"{{"pix":[{{"endToEndId":"{e2e}","txid":"txid0000000000000000000000002","valor":"1.00"}}]}}"#
+    );
+    env.psp.set_api_delay(Duration::from_secs(2));
+    let called = post(
+        sidecar.webhook.unwrap(),
+        hooks.psp_client(),
+        "/pix",
+        &[],
+        &known,
+    )
+    .await
+    .unwrap();
+    assert_problem(&called.got, 503, "webhook-verify-unavailable");
+    assert!(app.seen().is_empty(), "nothing unconfirmed reaches the app");
+    env.psp.set_api_delay(Duration::ZERO);
+    let again = post(
+        sidecar.webhook.unwrap(),
+        hooks.psp_client(),
+        "/pix",
+        &[],
+        &known,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.got.status, 200);
+    assert_eq!(
+        app.seen().len(),
+        1,
+        "the PSP's retry is confirmed and forwarded"
+    );
+}
