@@ -193,6 +193,40 @@ pub async fn call(
     })
 }
 
+/// POST `body` over HTTP/2 (ALPN `h2`) on a new TLS connection; the status.
+pub async fn post_h2(
+    addr: SocketAddr,
+    tls: Arc<ClientConfig>,
+    path: &str,
+    body: &str,
+) -> Result<StatusCode, String> {
+    let mut tls = (*tls).clone();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::post(format!("https://localhost{path}"))
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("exchange: {e}"))?;
+    Ok(resp.status())
+}
+
 /// A request the app received.
 #[derive(Debug, Clone)]
 pub struct Seen {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{BODY, psp_post, setup, webhook_metric};
-use crate::support::webhook::{Hooks, call, post};
+use crate::support::webhook::{Hooks, call, post, post_h2};
 use crate::support::*;
 
 #[tokio::test]
@@ -167,4 +167,17 @@ async fn an_app_that_is_down_gets_the_psp_a_503() {
         503,
         "webhook-app-error",
     );
+}
+
+#[tokio::test]
+async fn a_psp_speaking_http2_is_served_too() {
+    let (_env, hooks, app, sidecar) = setup(&[]).await;
+    let status = post_h2(sidecar.webhook.unwrap(), hooks.psp_client(), "/pix", BODY)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, BODY.as_bytes());
+    assert_eq!(seen[0].headers["x-pix-webhook-event"], "pix");
 }

@@ -294,3 +294,33 @@ async fn require_answers_503_when_the_psp_cannot_be_asked_so_the_notification_co
         "the PSP's retry is confirmed and forwarded"
     );
 }
+
+#[tokio::test]
+async fn a_new_client_ca_bundle_is_picked_up_without_a_restart() {
+    let (env, hooks, app, sidecar) = setup(&["--reload-interval", "100ms"]).await;
+    let newcomer = hooks.impostor.client("psp-webhook").unwrap();
+    let client = hooks.client_with(&newcomer, &[]);
+    let addr = sidecar.webhook.unwrap();
+    let refused = post(addr, client.clone(), "/pix", &[], BODY).await;
+    assert!(refused.map_or(true, |c| c.got.status == 403));
+    // The PSP moved to a new CA: the operator adds it to the bundle file.
+    let bundle = format!("{}{}", hooks.root.ca_pem(), hooks.impostor.ca_pem());
+    env.write("psp-ca.pem", bundle.as_bytes());
+    let mut accepted = false;
+    for _ in 0..100 {
+        if let Ok(c) = post(addr, client.clone(), "/pix", &[], BODY).await {
+            if c.got.status == 200 {
+                accepted = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(accepted, "the new CA is trusted after the reload");
+    assert_eq!(app.seen().len(), 1);
+    assert_eq!(
+        psp_post(&hooks, &sidecar, "/pix", &[]).await.got.status,
+        200,
+        "the old CA still works"
+    );
+}
