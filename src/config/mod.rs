@@ -5,7 +5,7 @@
 //! `Config::from_args` reads files but never the process environment: the caller passes the
 //! secret taken from the environment, so tests need no `set_var`.
 //!
-//! Split by concern: [`identity`] (client identity sources), [`cache`] (shared cache flags),
+//! Split by concern: [`identity`] (client identity sources), `cache` (shared cache flags),
 //! [`options`] (plain settings of the request path, listener and upstream client), `files`
 //! (file, URL and duration checks; the secret-file reader), [`webhook`] (the inbound listener). This module depends on no upper
 //! layer: `proxy`, `server` and `client` re-export their option types from here.
