@@ -7,8 +7,9 @@
 //!
 //! Split by concern: [`identity`] (client identity sources), `cache` (shared cache flags),
 //! [`options`] (plain settings of the request path, listener and upstream client), `files`
-//! (file, URL and duration checks; the secret-file reader), [`webhook`] (the inbound listener). This module depends on no upper
-//! layer: `proxy`, `server` and `client` re-export their option types from here.
+//! (file, URL and duration checks; the secret-file reader), [`webhook`] (the inbound
+//! listener). This module depends on no upper layer: `proxy`, `server` and `client`
+//! re-export their option types from here.
 
 mod cache;
 mod files;
