@@ -20,7 +20,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -435,9 +435,4 @@ impl Webhook {
         parts.path_and_query = joined.parse().ok().or(parts.path_and_query);
         Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
     }
-}
-
-/// Days left on the webhook server certificate at `now`.
-pub fn days_left(state: &TlsState, now: SystemTime) -> u64 {
-    state.identity.info().time_left(now).as_secs() / 86_400
 }
