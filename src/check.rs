@@ -104,6 +104,9 @@ pub async fn run(config: &Config) -> Report {
         }
     };
     describe_identity(&mut report, &identity);
+    if let Some(wh) = &config.webhook {
+        describe_webhook(&mut report, wh);
+    }
     let roots = match crate::tls::root_store(config.ca.as_deref(), &config.extra_roots) {
         Ok(r) => r,
         Err(e) => {
@@ -132,6 +135,49 @@ pub async fn run(config: &Config) -> Report {
     handshake(&mut report, config, tls.clone()).await;
     token(&mut report, config, tls).await;
     report
+}
+
+/// The webhook listener's server certificate (days left) and every CA it trusts.
+fn describe_webhook(report: &mut Report, wh: &crate::config::WebhookConfig) {
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let state = match crate::webhook::TlsState::load(wh, Arc::default(), metrics) {
+        Ok(s) => s,
+        Err(e) => {
+            report.fail("webhook certificate", e.to_string());
+            return;
+        }
+    };
+    let now = SystemTime::now();
+    let info = state.identity.info();
+    report.pass(
+        "webhook certificate",
+        format!(
+            "{} (issuer {}), {} days left",
+            info.subject,
+            info.issuer,
+            days(info.time_left(now))
+        ),
+    );
+    for ca in &state.cas {
+        let from = ca
+            .file
+            .as_ref()
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "(in memory)".into());
+        let left = ca.info.time_left(now);
+        let detail = format!("{} from {from}, {} days left", ca.info.subject, days(left));
+        if left.is_zero() {
+            report.fail("webhook client CA", format!("{detail}: expired"));
+        } else {
+            report.pass("webhook client CA", detail);
+        }
+    }
+    if state.cas.is_empty() {
+        report.pass(
+            "webhook client CA",
+            "none: callers are authenticated by the URL secret only",
+        );
+    }
 }
 
 fn describe_identity(report: &mut Report, identity: &Identity) {

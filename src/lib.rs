@@ -12,6 +12,9 @@
 //!   the only code that calls the token endpoint.
 //! - [`tls`]: the client identity and trust anchors behind every upstream connection.
 //!
+//! The inbound direction has its own module: [`webhook`] terminates the PSP's mTLS webhook
+//! calls, checks who is calling and hands the notification to the app over plain HTTP.
+//!
 //! Around them: [`cli`] and [`config`] turn flags into a validated [`config::Config`],
 //! [`sidecar`] wires the pieces together, [`telemetry`] sets up logs and redaction, and
 //! [`sandbox`] is the mock PSP used by the tests and by `demo`.
@@ -36,3 +39,4 @@ pub mod sidecar;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod webhook;

@@ -43,6 +43,9 @@ pub struct Metrics {
     cache_decrypt_failures: Counter,
     cert_expiry: Gauge<f64, AtomicU64>,
     tls_reload: Family<Labels1, Counter>,
+    webhook_requests: Family<Labels1, Counter>,
+    webhook_latency: Histogram,
+    webhook_cert_expiry: Gauge<f64, AtomicU64>,
     fetch_spike: Burst,
     unauthorized_burst: Burst,
 }
@@ -163,6 +166,25 @@ impl Metrics {
             "Identity reloads by result",
             tls_reload.clone(),
         );
+        let webhook_requests = Family::<Labels1, Counter>::default();
+        registry.register(
+            "webhook_requests",
+            "Webhook calls from the PSP by result (forwarded, no_cert, untrusted, identity_mismatch, forbidden, bad_request, app_error, app_timeout; verified/unverified for --webhook-verify)",
+            webhook_requests.clone(),
+        );
+        let webhook_latency = Histogram::new(LATENCY_BUCKETS);
+        registry.register_with_unit(
+            "webhook_request_duration",
+            "Time from a webhook call's request head to the answer to the PSP",
+            Unit::Seconds,
+            webhook_latency.clone(),
+        );
+        let webhook_cert_expiry = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "webhook_server_cert_expiry_timestamp_seconds",
+            "Unix time at which the webhook listener's server certificate expires",
+            webhook_cert_expiry.clone(),
+        );
         Self {
             registry,
             by_class,
@@ -181,9 +203,29 @@ impl Metrics {
             cache_decrypt_failures,
             cert_expiry,
             tls_reload,
+            webhook_requests,
+            webhook_latency,
+            webhook_cert_expiry,
             fetch_spike: Burst::new(10, Duration::from_secs(60)),
             unauthorized_burst: Burst::new(20, Duration::from_secs(10)),
         }
+    }
+
+    /// Count one webhook call by result (a fixed set of labels, see the metric's help).
+    pub fn webhook_request(&self, result: &'static str) {
+        self.webhook_requests
+            .get_or_create(&[("result", result)])
+            .inc();
+    }
+
+    /// Record the time a webhook call took.
+    pub fn webhook_duration(&self, elapsed: Duration) {
+        self.webhook_latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// The webhook server certificate's end of validity.
+    pub fn set_webhook_cert_expiry(&self, not_after: SystemTime) {
+        self.webhook_cert_expiry.set(unix(not_after));
     }
 
     /// Record one app request.

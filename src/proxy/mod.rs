@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::client::UpstreamProtocol;
+pub use crate::config::{ApiExtras, ProxyOptions};
 use crate::generation::{Current, Generation};
 use crate::metrics::Metrics;
 pub use problem::ProblemKind;
@@ -102,33 +103,9 @@ impl ProxyError {
     }
 }
 
-/// What a PSP preset adds to every API call.
-#[derive(Clone, Default)]
-pub struct ApiExtras {
-    /// A query parameter appended to every call (name, value), e.g. BB's `gw-dev-app-key`.
-    pub query: Option<(String, secrecy::SecretString)>,
-    /// A header set to a fresh UUID v4 on every call unless the app sent one.
-    pub correlation_id: Option<http::HeaderName>,
-    /// Headers set on every call.
-    pub headers: Vec<(http::HeaderName, HeaderValue)>,
-}
-
-impl std::fmt::Debug for ApiExtras {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiExtras")
-            .field(
-                "query",
-                &self.query.as_ref().map(|(k, _)| (k, "<redacted>")),
-            )
-            .field("correlation_id", &self.correlation_id)
-            .field("headers", &self.headers)
-            .finish()
-    }
-}
-
 impl ApiExtras {
     /// `name=value`, form-encoded, to append to every query string.
-    fn query_suffix(&self) -> Option<String> {
+    pub(crate) fn query_suffix(&self) -> Option<String> {
         use secrecy::ExposeSecret;
         self.query.as_ref().map(|(k, v)| {
             let mut out = String::with_capacity(k.len() + v.expose_secret().len() + 8);
@@ -141,7 +118,7 @@ impl ApiExtras {
         })
     }
 
-    fn apply(&self, headers: &mut HeaderMap) {
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         if let Some(name) = &self.correlation_id {
             if !headers.contains_key(name) {
                 let id = uuid::Uuid::new_v4();
@@ -153,31 +130,6 @@ impl ApiExtras {
         }
         for (k, v) in &self.headers {
             headers.insert(k.clone(), v.clone());
-        }
-    }
-}
-
-/// Proxy settings.
-#[derive(Debug, Clone)]
-pub struct ProxyOptions {
-    /// Bound on waiting for the upstream's response headers.
-    pub request_timeout: Duration,
-    /// Bound on waiting for a usable token (cold start, outage, after a 401); shorter than
-    /// a typical client timeout so that the app gets its 503 rather than no answer.
-    pub token_wait: Duration,
-    /// Request bodies up to this size are buffered so they can be replayed after a 401.
-    pub replay_limit: usize,
-    /// What the PSP preset adds to every call.
-    pub extras: ApiExtras,
-}
-
-impl Default for ProxyOptions {
-    fn default() -> Self {
-        Self {
-            request_timeout: Duration::from_secs(60),
-            token_wait: Duration::from_secs(3),
-            replay_limit: 64 * 1024,
-            extras: ApiExtras::default(),
         }
     }
 }

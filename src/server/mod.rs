@@ -34,33 +34,7 @@ const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// The first bytes of an h2c connection with prior knowledge (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Listener settings.
-#[derive(Debug, Clone)]
-pub struct ServerOptions {
-    /// How long in-flight requests may take to finish after shutdown starts.
-    pub drain_timeout: Duration,
-    /// How long a new connection may take to produce a complete first request (HTTP/1.1
-    /// head; h2c preface, SETTINGS and first HEADERS), and a client a request's headers.
-    pub header_read_timeout: Duration,
-    /// A connection with no request in flight and no byte moving for this long is closed.
-    pub idle_timeout: Duration,
-    /// Connections served at once; further ones wait in the kernel's accept queue.
-    pub max_connections: usize,
-    /// Largest request head (HTTP/1 buffer, HTTP/2 header list), in bytes.
-    pub max_header_bytes: usize,
-}
-
-impl Default for ServerOptions {
-    fn default() -> Self {
-        Self {
-            drain_timeout: Duration::from_secs(30),
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 1024,
-            max_header_bytes: 64 * 1024,
-        }
-    }
-}
+pub use crate::config::ServerOptions;
 
 /// Serve `handler` on `listener` until `shutdown` resolves, then drain.
 /// Returns whether every connection finished within the drain timeout.
@@ -91,53 +65,17 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(opts.max_header_bytes).unwrap_or(u32::MAX));
     let builders = Arc::new((h1, any));
-    let (stopping, stop_rx) = watch::channel(false);
-    let max = opts
-        .max_connections
-        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
-    let permits = Arc::new(Semaphore::new(max));
-    tokio::pin!(shutdown);
-    loop {
-        // Take a permit before accepting: at the limit, new connections wait in the
-        // kernel's backlog instead of being accepted and starved.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(event = "accept_failed", error = %e);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
+    let (header_timeout, idle_timeout) = (opts.header_read_timeout, opts.idle_timeout);
+    let limits = Limits {
+        max_connections: opts.max_connections,
+        drain_timeout: opts.drain_timeout,
+    };
+    accept_loop(listener, limits, shutdown, move |stream, peer, mut stop_rx| {
         let handler = handler.clone();
-        let state = Arc::new(ConnState::default());
-        let requests = state.clone();
-        // `map`, not `async move { Ok(fut.await) }`: an async block would store the
-        // handler's future twice (as captured value and as awaitee) in the allocation every
-        // connection keeps for its in-flight request.
-        let service = service_fn(move |req| {
-            let in_flight = requests.request();
-            handler(req).map(move |resp| {
-                drop(in_flight);
-                Ok::<_, Infallible>(resp)
-            })
-        });
         let builders = builders.clone();
-        let mut stop_rx = stop_rx.clone();
-        let (header_timeout, idle_timeout) = (opts.header_read_timeout, opts.idle_timeout);
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
+            let state = Arc::new(ConnState::default());
+            let service = counted_service(state.clone(), handler);
             // Peek, not read: every byte stays in the socket for hyper. HTTP/1 connections
             // then go straight to hyper's HTTP/1 server, whose read buffer stays at its
             // initial 8 KiB; behind the auto-detecting server's rewind buffer it grows to
@@ -167,27 +105,81 @@ where
                     .await
                     .map_err(Into::into)
             };
-            match served {
-                Ok(Some(verdict)) => {
-                    tracing::debug!(event = "connection_closed", %peer, reason = ?verdict)
-                }
-                Ok(None) => {}
+            log_end(peer, served);
+        }
+    })
+    .await
+}
+
+/// How many connections a listener serves at once, and how long it drains.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; further ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// After shutdown starts, how long connections may take to finish.
+    pub drain_timeout: Duration,
+}
+
+/// Accept on `listener` until `shutdown` resolves, running `connection` for each accepted
+/// socket on its own task, with a receiver that turns `true` when the server stops (a
+/// connection should then close gracefully); then wait up to the drain timeout for every
+/// connection to end. Returns whether they all did. Shared by the app listener and the
+/// webhook listener, so that both have the same limits and the same drain.
+pub async fn accept_loop<C, Fut>(
+    listener: TcpListener,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+    connection: C,
+) -> bool
+where
+    C: Fn(tokio::net::TcpStream, std::net::SocketAddr, watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (stopping, stop_rx) = watch::channel(false);
+    let max = limits
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let permits = Arc::new(Semaphore::new(max));
+    tokio::pin!(shutdown);
+    loop {
+        // Take a permit before accepting: at the limit, new connections wait in the
+        // kernel's backlog instead of being accepted and starved.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
                 Err(e) => {
-                    tracing::debug!(event = "connection_error", %peer, error = %crate::telemetry::error_chain(e.as_ref()))
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(event = "accept_failed", error = %e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
-            }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let served = connection(stream, peer, stop_rx.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            served.await;
         });
     }
     let _ = stopping.send(true);
     drop(listener);
     tracing::info!(
         event = "draining",
-        timeout_s = opts.drain_timeout.as_secs_f64(),
+        timeout_s = limits.drain_timeout.as_secs_f64(),
         "stopped accepting; draining in-flight requests"
     );
     // Every connection holds a permit until it is done: all permits back means drained.
     let all = u32::try_from(max).unwrap_or(u32::MAX);
-    match tokio::time::timeout(opts.drain_timeout, permits.acquire_many(all)).await {
+    match tokio::time::timeout(limits.drain_timeout, permits.acquire_many(all)).await {
         Ok(_) => true,
         Err(_) => {
             tracing::warn!(
@@ -199,12 +191,57 @@ where
     }
 }
 
+/// The hyper service for one connection: calls `handler` and counts the request in flight
+/// on `state` until the response head is ready.
+pub fn counted_service<H, Fut, B>(
+    state: Arc<ConnState>,
+    handler: H,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<B>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<B>, Infallible>> + Send,
+> + Clone
+where
+    H: Fn(Request<Incoming>) -> Fut + Clone,
+    Fut: Future<Output = Response<B>> + Send,
+    B: http_body::Body,
+{
+    let requests = state;
+    // `map`, not `async move { Ok(fut.await) }`: an async block would store the
+    // handler's future twice (as captured value and as awaitee) in the allocation every
+    // connection keeps for its in-flight request.
+    service_fn(move |req| {
+        let in_flight = requests.request();
+        handler(req).map(move |resp| {
+            drop(in_flight);
+            Ok::<_, Infallible>(resp)
+        })
+    })
+}
+
+/// Log how a connection ended (debug: ordinary events, never the request's content).
+pub fn log_end(
+    peer: std::net::SocketAddr,
+    served: Result<Option<Verdict>, Box<dyn std::error::Error + Send + Sync>>,
+) {
+    match served {
+        Ok(Some(verdict)) => {
+            tracing::debug!(event = "connection_closed", %peer, reason = ?verdict)
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::debug!(event = "connection_error", %peer, error = %crate::telemetry::error_chain(e.as_ref()))
+        }
+    }
+}
+
 /// Drive one connection to its end, or until its bounds or the server's shutdown end it.
 /// Shutdown and idleness close it gracefully (HTTP/1.1 after the response in progress,
 /// HTTP/2 with GOAWAY); a connection without a first request in time is dropped at once,
 /// and so is an idle one that does not close within [`IDLE_CLOSE_GRACE`].
 /// Returns the verdict that ended it, if any.
-async fn supervise<C, E>(
+pub async fn supervise<C, E>(
     mut conn: Pin<&mut C>,
     graceful: impl Fn(Pin<&mut C>),
     bounds: impl Future<Output = Verdict>,

@@ -221,3 +221,69 @@ async fn the_running_sidecar_counts_and_warns_when_the_psp_refuses_its_certifica
     assert!(warn.contains("not trusted by its CA"), "{warn}");
     env.assert_logs_clean();
 }
+
+#[tokio::test]
+async fn check_reports_the_webhook_certificate_and_each_client_ca() {
+    let env = Env::new().await;
+    let hooks = crate::support::webhook::Hooks::new(&env);
+    env.write("psp-ca-2.pem", hooks.impostor.ca_pem().as_bytes());
+    let mut extra = hooks.flags(&env, "http://127.0.0.1:3000/hook", &[]);
+    extra.extend(["--webhook-client-ca".to_string(), env.p("psp-ca-2.pem")]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (code, report) = check(&env.flags(&extra)).await;
+    assert_eq!(code, 0, "{report}");
+    assert!(report.contains("[ ok ] webhook certificate"), "{report}");
+    assert!(report.contains("CN=mock-psp"), "{report}");
+    let cas: Vec<&str> = report
+        .lines()
+        .filter(|l| l.contains("webhook client CA"))
+        .collect();
+    assert_eq!(cas.len(), 2, "{report}");
+    assert!(
+        cas[0].contains("PSP root CA") && cas[0].contains("days left"),
+        "{report}"
+    );
+    assert!(cas[1].contains("impostor CA"), "{report}");
+}
+
+#[tokio::test]
+async fn check_reads_a_pkcs12_webhook_identity_and_names_a_wrong_password() {
+    let env = Env::new().await;
+    let hooks = crate::support::webhook::Hooks::new(&env);
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pkcs12");
+    let p12 = format!("{fixtures}/client-modern.p12");
+    env.write("wrong-password", b"not-the-password");
+    for (password, ok) in [
+        (format!("{fixtures}/password"), true),
+        (env.p("wrong-password"), false),
+    ] {
+        let mut extra = hooks.flags(&env, "http://127.0.0.1:3000/hook", &[]);
+        let i = extra.iter().position(|f| f == "--webhook-cert").unwrap();
+        extra.drain(i..i + 4);
+        extra.extend([
+            "--webhook-pkcs12".into(),
+            p12.clone(),
+            "--webhook-pkcs12-password-file".into(),
+            password,
+        ]);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let (code, report) = check(&env.flags(&extra)).await;
+        let line = report
+            .lines()
+            .find(|l| l.contains("webhook certificate"))
+            .unwrap_or_else(|| panic!("{report}"));
+        if ok {
+            assert_eq!(code, 0, "{report}");
+            assert!(
+                line.contains("[ ok ]") && line.contains("days left"),
+                "{report}"
+            );
+        } else {
+            assert_ne!(code, 0, "{report}");
+            assert!(
+                line.contains("[FAIL]") && line.contains("--webhook-pkcs12"),
+                "{report}"
+            );
+        }
+    }
+}

@@ -16,3 +16,4 @@ mod recovery;
 mod reload;
 mod token;
 mod upstream;
+mod webhook;

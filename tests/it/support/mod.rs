@@ -13,6 +13,7 @@ pub mod process;
 pub mod raw;
 pub mod redis_server;
 pub mod refusing_h2;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -172,13 +173,21 @@ pub struct Running {
     pub health: std::sync::Arc<pix_auth_proxy::admin::Health>,
     pub current: pix_auth_proxy::generation::Current,
     pub reload: std::sync::Arc<tokio::sync::Notify>,
+    /// The webhook listener's address, when the config has one.
+    pub webhook: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<bool>,
 }
 
 impl Running {
     pub async fn start(config: Config) -> Self {
-        let sidecar = Sidecar::new(config).expect("sidecar starts");
+        let mut sidecar = Sidecar::new(config).expect("sidecar starts");
+        let mut webhook = None;
+        if sidecar.webhook().is_some() {
+            let l = bind().await;
+            webhook = Some(l.local_addr().unwrap());
+            sidecar.set_webhook_listener(l);
+        }
         let listener = bind().await;
         let addr = listener.local_addr().unwrap();
         let admin_listener = bind().await;
@@ -198,6 +207,7 @@ impl Running {
             health,
             current,
             reload,
+            webhook,
             stop: Some(tx),
             task,
         }
