@@ -3,8 +3,9 @@
 //!
 //! A request travels through the modules in this order:
 //!
-//! - [`server`]: accepts the app's plaintext connections (HTTP/1.1 and h2c) and drains them
-//!   on shutdown.
+//! - [`server`]: accepts the app's plaintext connections (HTTP/1.1 and h2c), bounds each
+//!   one ([`server::watchdog`]: a first request in time, an idle limit) and drains them on
+//!   shutdown; the webhook listener shares its accept loop and bounds.
 //! - [`proxy`]: checks the target, rewrites the request (URI, `Host`, hop-by-hop headers,
 //!   `Authorization`), sends it upstream, replays it once on a 401, and turns the sidecar's own
 //!   failures into RFC 9457 problem bodies.
