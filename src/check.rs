@@ -208,7 +208,7 @@ fn tls_cause(err: &(dyn std::error::Error + 'static)) -> Option<String> {
 }
 
 fn describe_rustls(e: &rustls::Error) -> String {
-    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    use rustls::{CertificateError as C, Error as E};
     match e {
         E::InvalidCertificate(C::UnknownIssuer) => {
             "the PSP's server certificate is not trusted (unknown CA): add its CA with --ca".into()
@@ -222,16 +222,7 @@ fn describe_rustls(e: &rustls::Error) -> String {
         E::InvalidCertificate(other) => {
             format!("the PSP's server certificate is invalid: {other:?}")
         }
-        E::AlertReceived(
-            a @ (A::BadCertificate
-            | A::UnknownCA
-            | A::CertificateRequired
-            | A::CertificateUnknown
-            | A::UnsupportedCertificate
-            | A::CertificateRevoked
-            | A::CertificateExpired
-            | A::AccessDenied),
-        ) => format!(
+        E::AlertReceived(a) if crate::tls::refusal::alert_refusal(e).is_some() => format!(
             "the PSP refused our client certificate (TLS alert {a:?}): is this certificate registered with the PSP, and is it the one for this environment?"
         ),
         E::AlertReceived(a) => format!("the PSP ended the handshake (TLS alert {a:?})"),

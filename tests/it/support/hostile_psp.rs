@@ -11,11 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pix_auth_proxy::sandbox::{Leaf, Pki};
-use rustls::ServerConfig;
-use rustls::server::WebPkiClientVerifier;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::raw::{dechunk, find};
@@ -92,21 +89,7 @@ impl HostilePsp {
     pub async fn start(pki: &Pki, server: &Leaf) -> Self {
         let listener = super::bind().await;
         let addr = listener.local_addr().unwrap();
-        let provider = pix_auth_proxy::tls::provider();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(pki.ca_der().clone()).unwrap();
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .unwrap();
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![server.cert_der.clone()], server.key_der())
-            .unwrap();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let acceptor = super::mtls_acceptor(pki, server, &[b"http/1.1"]);
         let state = Arc::new(State::default());
         *state.script.lock().unwrap() = vec![Step::Echo];
         let s = state.clone();

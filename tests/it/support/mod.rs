@@ -46,6 +46,28 @@ pub struct Env {
     pub dir: tempfile::TempDir,
 }
 
+/// A TLS acceptor for a test PSP: `server`'s certificate, a client certificate issued by
+/// `pki` required (mTLS, as a PSP does), `alpn` offered.
+pub fn mtls_acceptor(pki: &Pki, server: &Leaf, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    let provider = pix_auth_proxy::tls::provider();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der().clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![server.cert_der.clone()], server.key_der())
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
+
 pub async fn bind() -> TcpListener {
     TcpListener::bind("127.0.0.1:0")
         .await
