@@ -94,14 +94,14 @@ where
             let io = TokioIo::new(Tracked::new(stream, state.clone()));
             // The first request's deadline counts from the accept, peek included.
             let first_request = header_timeout.saturating_sub(opened.elapsed());
-            let bounds = watchdog::watch(&state, first_request, idle_timeout);
+            let _watchdog = watchdog::spawn(&state, first_request, idle_timeout, stop_rx);
             let served = if first[..n] == H2_PREFACE[..n] {
                 // h2c, or too few bytes yet to tell: let hyper-util read the preface.
                 let conn = std::pin::pin!(any.serve_connection(io, service));
-                supervise(conn, |c| c.graceful_shutdown(), bounds, stop_rx).await
+                supervise(conn, |c| c.graceful_shutdown(), &state).await
             } else {
                 let conn = std::pin::pin!(h1.serve_connection(io, service));
-                supervise(conn, |c| c.graceful_shutdown(), bounds, stop_rx)
+                supervise(conn, |c| c.graceful_shutdown(), &state)
                     .await
                     .map_err(Into::into)
             };
@@ -236,7 +236,7 @@ pub fn log_end(
     }
 }
 
-/// Drive one connection to its end, or until its bounds or the server's shutdown end it.
+/// Drive one connection to its end, or until its watchdog ([`watchdog::spawn`]) ends it.
 /// Shutdown and idleness close it gracefully (HTTP/1.1 after the response in progress,
 /// HTTP/2 with GOAWAY); a connection without a first request in time is dropped at once,
 /// and so is an idle one that does not close within [`IDLE_CLOSE_GRACE`].
@@ -244,23 +244,23 @@ pub fn log_end(
 pub async fn supervise<C, E>(
     mut conn: Pin<&mut C>,
     graceful: impl Fn(Pin<&mut C>),
-    bounds: impl Future<Output = Verdict>,
-    mut stop: watch::Receiver<bool>,
+    state: &ConnState,
 ) -> Result<Option<Verdict>, E>
 where
     C: Future<Output = Result<(), E>>,
 {
-    let mut bounds = std::pin::pin!(bounds);
-    let mut stopping = false;
+    let mut interrupt = state.interrupt();
     let verdict = loop {
+        // Biased: the connection is what wakes this task nearly every time; the interrupt is
+        // one atomic load.
         tokio::select! {
+            biased;
             served = conn.as_mut() => return served.map(|()| None),
-            _ = stop.wait_for(|stop| *stop), if !stopping => {
+            verdict = &mut interrupt => match verdict {
                 // The server's drain deadline bounds the rest.
-                stopping = true;
-                graceful(conn.as_mut());
-            }
-            verdict = bounds.as_mut() => break verdict,
+                Verdict::Stop => graceful(conn.as_mut()),
+                other => break other,
+            },
         }
     };
     if verdict == Verdict::Idle {

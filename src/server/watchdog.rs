@@ -3,8 +3,10 @@
 //!
 //! Owns: [`Tracked`], the socket wrapper that counts I/O (one relaxed atomic add per read or
 //! write that moved bytes, no clock read), [`ConnState`] with the requests started and in
-//! flight, and [`watch`], the per-connection timer that decides when a connection has had
-//! its chance. hyper bounds an HTTP/1.1 request head itself (`header_read_timeout`) but has
+//! flight, [`watch`], the per-connection timer that decides when a connection has had
+//! its chance, and [`spawn`], which runs that timer (and the server's stop signal) on a task
+//! of its own and hands its verdicts to the connection through an [`Interrupt`]: the
+//! connection's task then polls one atomic per wake-up instead of a timer and a channel. hyper bounds an HTTP/1.1 request head itself (`header_read_timeout`) but has
 //! no deadline for an HTTP/2 preface, SETTINGS and first request, and no idle limit for
 //! either protocol: a connection that opens and says nothing, or stops reading its
 //! response, would otherwise hold a connection slot forever.
@@ -16,7 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch as signal;
 use tokio::time::Instant;
 
 /// What the watchdog sees of one connection.
@@ -28,6 +32,10 @@ pub struct ConnState {
     started: AtomicU64,
     /// Requests whose handler has not produced a response head yet.
     in_flight: AtomicU64,
+    /// The latest verdict not yet taken by the connection (0: none; see [`Verdict::code`]).
+    verdict: std::sync::atomic::AtomicU8,
+    /// Wakes the connection's task when a verdict arrives.
+    waker: AtomicWaker,
 }
 
 impl ConnState {
@@ -57,6 +65,98 @@ pub enum Verdict {
     NoRequest,
     /// No request in flight and no byte moved for the idle timeout: close gracefully.
     Idle,
+    /// The server is shutting down: close gracefully, within the drain deadline.
+    Stop,
+}
+
+impl Verdict {
+    fn code(self) -> u8 {
+        match self {
+            Verdict::NoRequest => 1,
+            Verdict::Idle => 2,
+            Verdict::Stop => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Verdict::NoRequest),
+            2 => Some(Verdict::Idle),
+            3 => Some(Verdict::Stop),
+            _ => None,
+        }
+    }
+}
+
+/// Run the bounds of `state`'s connection ([`watch`]) and the server's `stop` signal on a
+/// task of their own; the connection learns their verdicts through [`Interrupt`]. The task
+/// ends with the returned guard (drop it when the connection ends).
+pub fn spawn(
+    state: &Arc<ConnState>,
+    first_request: Duration,
+    idle: Duration,
+    mut stop: signal::Receiver<bool>,
+) -> WatchdogGuard {
+    let state = state.clone();
+    let task = tokio::spawn(async move {
+        let bounds = watch(&state, first_request, idle);
+        let mut bounds = std::pin::pin!(bounds);
+        let verdict = tokio::select! {
+            verdict = bounds.as_mut() => verdict,
+            // A closed channel means the server is gone: stop as well.
+            _ = stop.wait_for(|stop| *stop) => Verdict::Stop,
+        };
+        state.raise(verdict);
+        if verdict == Verdict::Stop {
+            // Draining: an idle or silent connection still goes before the drain deadline.
+            let verdict = bounds.await;
+            state.raise(verdict);
+        }
+    });
+    WatchdogGuard(task.abort_handle())
+}
+
+/// Stops a connection's watchdog task when dropped.
+#[derive(Debug)]
+pub struct WatchdogGuard(tokio::task::AbortHandle);
+
+impl Drop for WatchdogGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl ConnState {
+    fn raise(&self, verdict: Verdict) {
+        self.verdict.store(verdict.code(), Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// The next verdict for this connection (see [`spawn`]).
+    pub fn interrupt(&self) -> Interrupt<'_> {
+        Interrupt(self)
+    }
+}
+
+/// Resolves with the next verdict the watchdog raised for a connection.
+#[derive(Debug)]
+pub struct Interrupt<'a>(&'a ConnState);
+
+impl std::future::Future for Interrupt<'_> {
+    type Output = Verdict;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Verdict> {
+        let state = self.0;
+        if let Some(v) = Verdict::from_code(state.verdict.swap(0, Ordering::Acquire)) {
+            return Poll::Ready(v);
+        }
+        state.waker.register(cx.waker());
+        // A verdict raised between the check and the registration would be missed.
+        match Verdict::from_code(state.verdict.swap(0, Ordering::Acquire)) {
+            Some(v) => Poll::Ready(v),
+            None => Poll::Pending,
+        }
+    }
 }
 
 /// Resolve when `state`'s connection has had its chance: no first request within
@@ -184,6 +284,30 @@ mod tests {
         let verdict = watch(&state, Duration::from_secs(2), Duration::from_secs(60)).await;
         assert_eq!(verdict, Verdict::NoRequest);
         assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stop_signal_then_idleness_reach_the_connection_through_its_interrupt() {
+        let state = Arc::new(ConnState::default());
+        let started = Instant::now();
+        drop(state.request());
+        let (stop, stop_rx) = signal::channel(false);
+        let _watchdog = spawn(
+            &state,
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+            stop_rx,
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.send(true).unwrap();
+        assert_eq!(state.interrupt().await, Verdict::Stop);
+        // Still watched while draining: quiet since the start, idle at ~5 s.
+        assert_eq!(state.interrupt().await, Verdict::Idle);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(5) && took <= Duration::from_millis(6_250),
+            "{took:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

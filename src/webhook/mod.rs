@@ -174,10 +174,10 @@ impl Webhook {
                 let service = crate::server::counted_service(conn_state.clone(), handler);
                 let io = TokioIo::new(Tracked::new(tls, conn_state.clone()));
                 let first_request = first_timeout.saturating_sub(opened.elapsed());
-                let bounds = watchdog::watch(&conn_state, first_request, idle_timeout);
+                let _watchdog = watchdog::spawn(&conn_state, first_request, idle_timeout, stop);
                 let conn = std::pin::pin!(builder.serve_connection(io, service));
                 let served =
-                    crate::server::supervise(conn, |c| c.graceful_shutdown(), bounds, stop).await;
+                    crate::server::supervise(conn, |c| c.graceful_shutdown(), &conn_state).await;
                 crate::server::log_end(peer, served);
             }
         })
