@@ -230,13 +230,22 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 "#;
 
-/// Delete the lock only if we still own it.
+/// Release the lock only if we still own it: delete it, or (ARGV[2] > 0 ms) let it expire
+/// that much later, which keeps the other replicas off a failing token endpoint meanwhile.
 const RELEASE_LOCK: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if tonumber(ARGV[2]) > 0 then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  end
   return redis.call('DEL', KEYS[1])
 end
 return 0
 "#;
+
+/// After a failed fetch the lock is kept this long, so that during a token-endpoint outage
+/// the replicas together try about once per hold instead of each on its own cadence; after
+/// the endpoint's return one of them fetches and the others adopt.
+pub const FAILED_FETCH_HOLD: Duration = Duration::from_secs(1);
 
 /// The shared cache client.
 pub struct SharedCache {
@@ -526,10 +535,11 @@ impl SharedCache {
         Ok(won)
     }
 
-    async fn unlock(&self) {
+    /// Release the lock now, or `hold` from now (see [`FAILED_FETCH_HOLD`]).
+    async fn unlock(&self, hold: Duration) {
         let mut conn = self.conn.clone();
         let mut inv = self.release_script.key(&self.lock_key);
-        inv.arg(&self.owner);
+        inv.arg(&self.owner).arg(hold.as_millis() as u64);
         if let Err(e) = self
             .timed::<i64>("unlock", async { inv.invoke_async(&mut conn).await })
             .await
@@ -594,7 +604,11 @@ impl SharedCache {
                 let result = self
                     .renew_locked(have, margin, seen_version, &replace, &mut reported, fetch)
                     .await;
-                self.unlock().await;
+                let hold = match &result {
+                    Ok(Err(_)) => FAILED_FETCH_HOLD,
+                    _ => Duration::ZERO,
+                };
+                self.unlock(hold).await;
                 return result;
             }
             if started.elapsed() >= deadline {
