@@ -8,6 +8,7 @@ pub mod logs;
 pub mod process;
 pub mod redis_server;
 pub mod refusing_h2;
+pub mod repoint_relay;
 pub mod webhook;
 
 use std::net::SocketAddr;
