@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::support::redis_server::{RedisServer, TlsFiles, available};
 use crate::support::*;
 
-fn settings(ttl: Duration) -> PspSettings {
+pub(crate) fn settings(ttl: Duration) -> PspSettings {
     PspSettings {
         token_ttl: ttl,
         ..PspSettings::default()
@@ -18,7 +18,7 @@ fn settings(ttl: Duration) -> PspSettings {
 }
 
 /// Flags for a sidecar using `redis` as its shared cache.
-fn cache_flags(env: &Env, url: &str) -> Vec<String> {
+pub(crate) fn cache_flags(env: &Env, url: &str) -> Vec<String> {
     env.write("cache.key", &[0x42; 32]);
     vec![
         "--cache".into(),
@@ -28,7 +28,7 @@ fn cache_flags(env: &Env, url: &str) -> Vec<String> {
     ]
 }
 
-async fn start_replicas(env: &Env, n: usize, extra: &[&str]) -> Vec<Running> {
+pub(crate) async fn start_replicas(env: &Env, n: usize, extra: &[&str]) -> Vec<Running> {
     let mut out = Vec::new();
     for _ in 0..n {
         let flags: Vec<&str> = extra.to_vec();
@@ -38,7 +38,7 @@ async fn start_replicas(env: &Env, n: usize, extra: &[&str]) -> Vec<Running> {
 }
 
 /// One client loop per replica for `duration`; returns the number of failed requests.
-async fn load(replicas: &[Running], duration: Duration) -> (u64, u64) {
+pub(crate) async fn load(replicas: &[Running], duration: Duration) -> (u64, u64) {
     let mut tasks = Vec::new();
     for (i, r) in replicas.iter().enumerate() {
         let url = r.url(&format!("/cob/r{i}"));

@@ -1,0 +1,201 @@
+//! The shared cache on the deployments people run: a standalone primary that fails over
+//! behind one name, an ACL user confined to a key prefix, Redis Cluster (plain and TLS) and
+//! Sentinel. Real redis-server processes on free ports; waits observe, never guess.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use tokio::time::Instant;
+
+use crate::cache::{cache_flags, load, settings, start_replicas};
+use crate::support::redis_server::{RedisServer, available, info, wait_until};
+use crate::support::repoint_relay::RepointRelay;
+use crate::support::*;
+
+/// The sum over `replicas` of every metric line starting with `prefix`.
+pub(crate) async fn metric_sum(replicas: &[Running], prefix: &str) -> f64 {
+    let mut sum = 0.0;
+    for r in replicas {
+        let text = String::from_utf8_lossy(&get(&r.admin_url("/metrics")).await.body).into_owned();
+        sum += text
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    sum
+}
+
+/// The lines of `/metrics` of `r` that start with `prefix`.
+pub(crate) async fn metric_lines(r: &Running, prefix: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(&get(&r.admin_url("/metrics")).await.body).into_owned();
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn standalone_primary_demoted_behind_a_repointed_name_shares_again_without_a_failed_request()
+{
+    if !available() {
+        return;
+    }
+    let a = RedisServer::start();
+    let b = RedisServer::start_with(&["--replicaof", "127.0.0.1", &a.port.to_string()]);
+    wait_until("B replicates A", Duration::from_secs(10), || async {
+        info(b.port, "replication")
+            .await
+            .contains("master_link_status:up")
+    })
+    .await;
+    let relay = RepointRelay::start(a.addr()).await;
+    let env = Env::with(settings(Duration::from_secs(2))).await;
+    let flags = cache_flags(&env, &relay.url());
+    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    extra.extend([
+        "--refresh-ratio",
+        "0.9",
+        "--expiry-margin",
+        "100ms",
+        "--cache-timeout",
+        "200ms",
+    ]);
+    let replicas = start_replicas(&env, 3, &extra).await;
+    for r in &replicas {
+        r.ready().await;
+    }
+    // The failover: B promoted, A demoted to B's replica, the name points at B for new
+    // connections while the sidecars' connections stay on A (as after a DNS change).
+    let before = env.psp.token_requests();
+    let mut cb = b.conn().await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut cb)
+        .await
+        .unwrap();
+    let mut ca = a.conn().await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(b.port)
+        .query_async(&mut ca)
+        .await
+        .unwrap();
+    relay.point_new_connections_to(b.addr());
+    let (ok, failed) = load(&replicas, Duration::from_secs(8)).await;
+    let fetches = env.psp.token_requests() - before;
+    let reconnects = metric_sum(&replicas, "pix_auth_proxy_cache_reconnects_total").await;
+    eprintln!(
+        "measured: standalone failover, 3 replicas, 2 s tokens, 4 lifetimes after it: {ok} ok, {failed} failed, {fetches} token fetches, {reconnects} reconnects"
+    );
+    assert_eq!(failed, 0, "{ok} ok");
+    assert!(
+        fetches <= 4 + 2,
+        "sharing resumed on the new primary: {fetches} fetches in 4 lifetimes"
+    );
+    assert!(reconnects >= 3.0, "every replica rebuilt its connection");
+    for r in &replicas {
+        let primary = metric_lines(r, "pix_auth_proxy_cache_primary{").await;
+        assert!(
+            primary.iter().any(|l| l.contains("mode=\"standalone\"")),
+            "{primary:?}"
+        );
+    }
+    let keys: Vec<String> = cb.keys("pix-auth-proxy:v2:*").await.unwrap();
+    assert!(!keys.is_empty(), "the token is cached on the new primary");
+    env.assert_logs_clean();
+}
+
+/// An ACL user confined to `team-a:` keys and channels, with only the commands the sidecar
+/// sends ([`pix_auth_proxy::token::cache::ACL_COMMANDS`]).
+fn acl_server(password: &str) -> RedisServer {
+    let secret = format!(">{password}");
+    let mut args = vec![
+        "--user",
+        "pix",
+        "on",
+        &secret,
+        "~team-a:*",
+        "&team-a:*",
+        "-@all",
+    ];
+    args.extend(pix_auth_proxy::token::cache::ACL_COMMANDS.split(' '));
+    RedisServer::start_with(&args)
+}
+
+#[tokio::test]
+async fn an_acl_user_confined_to_the_prefix_shares_one_token() {
+    if !available() {
+        return;
+    }
+    let redis = acl_server("s3cret-acl");
+    let env = Env::with(settings(Duration::from_secs(30))).await;
+    env.write("cache.pw", b"s3cret-acl");
+    let flags = cache_flags(&env, &redis.url());
+    let pw = env.p("cache.pw");
+    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    extra.extend([
+        "--cache-username",
+        "pix",
+        "--cache-password-file",
+        &pw,
+        "--cache-key-prefix",
+        "team-a:",
+    ]);
+    let configs: Vec<_> = (0..3).map(|_| env.config(&extra)).collect();
+    let replicas = futures_util::future::join_all(configs.into_iter().map(Running::start)).await;
+    for r in &replicas {
+        r.ready().await;
+    }
+    assert_eq!(env.psp.token_requests(), 1, "shared through the ACL user");
+    let mut conn = redis.conn().await;
+    let keys: Vec<String> = conn.keys("team-a:pix-auth-proxy:v2:{*}").await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let report = pix_auth_proxy::check::run(&env.config(&extra)).await;
+    let cache: Vec<_> = report
+        .outcomes
+        .iter()
+        .filter(|o| o.what == "shared cache")
+        .collect();
+    assert_eq!(cache.len(), 3, "{}", report.render());
+    assert!(cache.iter().all(|o| o.ok), "{}", report.render());
+    env.assert_logs_clean();
+}
+
+#[tokio::test]
+async fn an_acl_user_without_the_prefix_is_refused_in_words_and_the_sidecar_still_serves() {
+    if !available() {
+        return;
+    }
+    let redis = acl_server("s3cret-acl");
+    let env = Env::with(settings(Duration::from_secs(30))).await;
+    env.write("cache.pw", b"s3cret-acl");
+    let flags = cache_flags(&env, &redis.url());
+    let pw = env.p("cache.pw");
+    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    extra.extend(["--cache-username", "pix", "--cache-password-file", &pw]);
+    let report = pix_auth_proxy::check::run(&env.config(&extra)).await;
+    let text = report.render();
+    assert!(!report.passed(), "{text}");
+    assert!(
+        text.contains("NOPERM") || text.contains("no permissions"),
+        "{text}"
+    );
+    assert!(text.contains("--cache-key-prefix"), "{text}");
+    assert!(!text.contains("s3cret-acl"), "{text}");
+    // Running anyway: the cache refuses, the sidecar fetches locally and serves.
+    let r = Running::start(env.config(&extra)).await;
+    r.ready().await;
+    let got = get(&r.url("/cob/1")).await;
+    assert_eq!(got.status, 200);
+    let started = Instant::now();
+    while !crate::support::logs::captured().contains("cache_acl_refused") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the refusal is logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.assert_logs_clean();
+}
