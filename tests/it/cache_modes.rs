@@ -8,7 +8,8 @@ use redis::AsyncCommands;
 use tokio::time::Instant;
 
 use crate::cache::{cache_flags, load, settings, start_replicas};
-use crate::support::redis_server::{RedisServer, available, info, wait_until};
+use crate::support::redis_cluster::RedisCluster;
+use crate::support::redis_server::{RedisServer, TlsFiles, available, info, wait_until};
 use crate::support::repoint_relay::RepointRelay;
 use crate::support::*;
 
@@ -197,5 +198,153 @@ async fn an_acl_user_without_the_prefix_is_refused_in_words_and_the_sidecar_stil
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    env.assert_logs_clean();
+}
+
+/// Flags for cluster mode over `urls` (every node a seed).
+fn cluster_flags(env: &Env, urls: &[String]) -> Vec<String> {
+    let mut flags = cache_flags(env, &urls[0]);
+    for u in &urls[1..] {
+        flags.extend(["--cache".to_string(), u.clone()]);
+    }
+    flags.extend(["--cache-mode".to_string(), "cluster".to_string()]);
+    flags
+}
+
+fn adopted(replicas: &[Running]) -> u64 {
+    replicas
+        .iter()
+        .map(|r| {
+            r.refresher()
+                .stats()
+                .adopted
+                .load(std::sync::atomic::Ordering::SeqCst)
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn cluster_replicas_share_one_token_per_lifetime_and_survive_a_master_failover() {
+    if !available() {
+        return;
+    }
+    let mut cluster = RedisCluster::start();
+    let env = Env::with(settings(Duration::from_secs(2))).await;
+    let flags = cluster_flags(&env, &cluster.urls());
+    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    extra.extend([
+        "--refresh-ratio",
+        "0.9",
+        "--expiry-margin",
+        "100ms",
+        "--cache-timeout",
+        "300ms",
+    ]);
+    let replicas = start_replicas(&env, 3, &extra).await;
+    let (ok, failed) = load(&replicas, Duration::from_secs(8)).await;
+    let fetches = env.psp.token_requests();
+    eprintln!(
+        "measured: cluster, 3 replicas, 2 s tokens, 8 s: {ok} ok, {failed} failed, {fetches} token fetches"
+    );
+    assert_eq!(failed, 0, "{ok} ok");
+    assert!(fetches <= 4 + 1, "4 lifetimes + 1: {fetches} fetches");
+    assert!(
+        adopted(&replicas) > 0,
+        "replicas adopted each other's tokens"
+    );
+    let logs = crate::support::logs::captured();
+    assert!(
+        !logs.contains("CROSSSLOT"),
+        "a script or command crossed slots"
+    );
+
+    // Kill the master that holds the token; the cluster promotes its replica.
+    let key = cluster
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            cluster
+                .cli(n.port, &["keys", "pix-auth-proxy:v2:*"])
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .find(|k| !k.ends_with(":lock") && !k.is_empty())
+        .expect("the token is cached");
+    let (m, r) = cluster.master_and_replica_of(&key);
+    let replica_port = cluster.nodes[r].port;
+    let adopted_before = adopted(&replicas);
+    let ((ok, failed), promoted_after) =
+        tokio::join!(load(&replicas, Duration::from_secs(8)), async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            cluster.nodes[m].kill();
+            wait_until(
+                "the replica is promoted",
+                Duration::from_secs(15),
+                || async {
+                    info(replica_port, "replication")
+                        .await
+                        .contains("role:master")
+                },
+            )
+            .await
+        });
+    let fetches_during = env.psp.token_requests() - fetches;
+    eprintln!(
+        "measured: cluster master killed: promoted after {promoted_after:?}; 8 s: {ok} ok, {failed} failed, {fetches_during} token fetches"
+    );
+    assert_eq!(failed, 0, "{ok} ok");
+    // Sharing resumed: over 2 more lifetimes the replicas adopt again, about one fetch each.
+    let before = env.psp.token_requests();
+    let (_, failed) = load(&replicas, Duration::from_secs(4)).await;
+    let fetches_after = env.psp.token_requests() - before;
+    eprintln!("measured: cluster after the failover, 2 lifetimes: {fetches_after} token fetches");
+    assert_eq!(failed, 0);
+    assert!(adopted(&replicas) > adopted_before, "sharing resumed");
+    assert!(
+        fetches_after <= 2 + 1,
+        "{fetches_after} fetches in 2 lifetimes"
+    );
+    env.assert_logs_clean();
+}
+
+#[tokio::test]
+async fn cluster_over_rediss_with_a_test_ca_shares_one_token() {
+    if !available() {
+        return;
+    }
+    let env = Env::new().await;
+    let server = env.pki.server().unwrap();
+    env.write("redis.crt", server.cert_pem.as_bytes());
+    env.write("redis.key", server.key_pem.as_bytes());
+    let bus = env.pki.client("redis-node").unwrap();
+    env.write("bus.crt", bus.cert_pem.as_bytes());
+    env.write("bus.key", bus.key_pem.as_bytes());
+    let cluster = RedisCluster::start_tls(
+        TlsFiles {
+            cert: env.path("redis.crt"),
+            key: env.path("redis.key"),
+            ca: env.path("ca.pem"),
+        },
+        (env.p("bus.crt"), env.p("bus.key")),
+    );
+    let urls = cluster.urls();
+    assert!(urls[0].starts_with("rediss://"));
+    let flags = cluster_flags(&env, &urls);
+    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let ca = env.p("ca.pem");
+    extra.extend(["--cache-ca", &ca]);
+    let configs: Vec<_> = (0..3).map(|_| env.config(&extra)).collect();
+    let replicas = futures_util::future::join_all(configs.into_iter().map(Running::start)).await;
+    for r in &replicas {
+        r.ready().await;
+    }
+    assert_eq!(
+        env.psp.token_requests(),
+        1,
+        "shared over TLS in cluster mode"
+    );
+    let (_, failed) = load(&replicas, Duration::from_millis(300)).await;
+    assert_eq!(failed, 0);
     env.assert_logs_clean();
 }

@@ -54,6 +54,11 @@ impl RedisServer {
         Self::launch(Some(files))
     }
 
+    /// A TLS server with extra `redis-server` arguments.
+    pub fn start_tls_with(files: TlsFiles, extra: &[&str]) -> Self {
+        Self::launch_with(Some(files), extra)
+    }
+
     /// A plain server with extra `redis-server` arguments (`--replicaof`, ACL users, …).
     pub fn start_with(extra: &[&str]) -> Self {
         Self::launch_with(None, extra)
