@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use crate::cache::{cache_flags, load, settings, start_replicas};
 use crate::support::redis_cluster::RedisCluster;
+use crate::support::redis_sentinel::{MASTER_NAME, RedisSentinels};
 use crate::support::redis_server::{RedisServer, TlsFiles, available, info, wait_until};
 use crate::support::repoint_relay::RepointRelay;
 use crate::support::*;
@@ -346,5 +347,85 @@ async fn cluster_over_rediss_with_a_test_ca_shares_one_token() {
     );
     let (_, failed) = load(&replicas, Duration::from_millis(300)).await;
     assert_eq!(failed, 0);
+    env.assert_logs_clean();
+}
+
+#[tokio::test]
+async fn sentinel_master_killed_sidecars_follow_the_promoted_replica_without_a_failed_request() {
+    if !available() {
+        return;
+    }
+    let mut deployment = RedisSentinels::start().await;
+    let env = Env::with(settings(Duration::from_secs(2))).await;
+    let urls = deployment.urls();
+    let mut flags = cache_flags(&env, &urls[0]);
+    for u in &urls[1..] {
+        flags.extend(["--cache".to_string(), u.clone()]);
+    }
+    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    extra.extend([
+        "--cache-mode",
+        "sentinel",
+        "--cache-sentinel-master",
+        MASTER_NAME,
+        "--refresh-ratio",
+        "0.9",
+        "--expiry-margin",
+        "100ms",
+        "--cache-timeout",
+        "300ms",
+    ]);
+    let replicas = start_replicas(&env, 3, &extra).await;
+    for r in &replicas {
+        r.ready().await;
+    }
+    assert_eq!(
+        env.psp.token_requests(),
+        1,
+        "shared through the sentinels' master"
+    );
+    let old = format!("127.0.0.1:{}", deployment.master.port);
+    for r in &replicas {
+        let lines = metric_lines(r, "pix_auth_proxy_cache_primary{").await;
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&old) && l.contains("sentinel")),
+            "{lines:?}"
+        );
+    }
+    let new = format!("127.0.0.1:{}", deployment.replica.port);
+    let ((ok, failed), followed_after) =
+        tokio::join!(load(&replicas, Duration::from_secs(14)), async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            deployment.master.kill();
+            wait_until(
+                "every sidecar writes to the promoted replica",
+                Duration::from_secs(13),
+                || async {
+                    let mut all = true;
+                    for r in &replicas {
+                        all &= metric_lines(r, "pix_auth_proxy_cache_primary{")
+                            .await
+                            .iter()
+                            .any(|l| l.contains(&new));
+                    }
+                    all
+                },
+            )
+            .await
+        });
+    eprintln!(
+        "measured: sentinel, master killed: every sidecar on the promoted replica after {followed_after:?}; {ok} ok, {failed} failed"
+    );
+    assert_eq!(failed, 0, "{ok} ok");
+    let before = env.psp.token_requests();
+    let adopted_before = adopted(&replicas);
+    let (_, failed) = load(&replicas, Duration::from_secs(4)).await;
+    let fetches = env.psp.token_requests() - before;
+    eprintln!("measured: sentinel after the failover, 2 lifetimes: {fetches} token fetches");
+    assert_eq!(failed, 0);
+    assert!(adopted(&replicas) > adopted_before, "sharing resumed");
+    assert!(fetches <= 2 + 1, "{fetches} fetches in 2 lifetimes");
     env.assert_logs_clean();
 }

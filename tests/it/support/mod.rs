@@ -7,6 +7,7 @@ pub mod body;
 pub mod logs;
 pub mod process;
 pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod redis_server;
 pub mod refusing_h2;
 pub mod repoint_relay;
