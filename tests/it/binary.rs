@@ -219,6 +219,19 @@ fn help_lists_every_flag_and_never_shows_the_secret() {
     ] {
         assert!(help.contains(heading), "{heading} missing from --help");
     }
+    for flag in [
+        "--cache-mode",
+        "--cache-username",
+        "--cache-key-prefix",
+        "--cache-sentinel-master",
+    ] {
+        let shared = &help[help.find("Shared cache:").unwrap()..];
+        let section = &shared[..shared[1..].find("\n\n").map_or(shared.len(), |i| i + 1)];
+        assert!(
+            section.contains(flag),
+            "{flag} is not under Shared cache:\n{section}"
+        );
+    }
     assert!(!help.contains("do-not-show-me"));
     assert!(
         !help.contains("redis-password-value"),

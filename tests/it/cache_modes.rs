@@ -303,7 +303,8 @@ async fn cluster_replicas_share_one_token_per_lifetime_and_survive_a_master_fail
     assert_eq!(failed, 0);
     assert!(adopted(&replicas) > adopted_before, "sharing resumed");
     assert!(
-        fetches_after <= 2 + 1,
+        // 4 s is 2 lifetimes: 2 or 3 renewals depending on the phase, +1 for the window edge.
+        fetches_after <= 2 + 2,
         "{fetches_after} fetches in 2 lifetimes"
     );
     env.assert_logs_clean();
@@ -426,6 +427,7 @@ async fn sentinel_master_killed_sidecars_follow_the_promoted_replica_without_a_f
     eprintln!("measured: sentinel after the failover, 2 lifetimes: {fetches} token fetches");
     assert_eq!(failed, 0);
     assert!(adopted(&replicas) > adopted_before, "sharing resumed");
-    assert!(fetches <= 2 + 1, "{fetches} fetches in 2 lifetimes");
+    // 4 s is 2 lifetimes: 2 or 3 renewals depending on the phase, +1 for the window edge.
+    assert!(fetches <= 2 + 2, "{fetches} fetches in 2 lifetimes");
     env.assert_logs_clean();
 }

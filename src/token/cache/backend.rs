@@ -316,6 +316,29 @@ impl Backend {
         }
     }
 
+    /// After a failure that started a rebuild (not a timeout: that already cost the cache
+    /// timeout), wait for it, bounded by the cache timeout. True when a connection is there
+    /// to try again on: the renewal then goes on through the new primary instead of
+    /// fetching locally, which is what keeps the fetch count flat across a failover.
+    pub async fn settle(&self, e: &CacheError) -> bool {
+        if !matches!(
+            reconnect_reason(e),
+            Some("readonly" | "masterdown" | "loading" | "disconnected")
+        ) {
+            return false;
+        }
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if !self.rebuilding.load(Ordering::SeqCst) && self.live.borrow().is_some() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Start a rebuild unless one is running (returns true then too) or the last one
     /// succeeded less than [`RECONNECT_INTERVAL`] ago (returns false).
     fn reconnect(self: &Arc<Self>, reason: &'static str) -> bool {

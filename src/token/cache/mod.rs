@@ -425,10 +425,19 @@ impl SharedCache {
         let mut fetch = Some(fetch);
         let mut pubsub: Option<redis::aio::PubSub> = None;
         let mut reported = None;
+        // One more round after a failover rebuilt the connection (see `Backend::settle`).
+        let mut settled = false;
         loop {
             let mut replace = Vec::new();
             let mut seen_version = have.unwrap_or(0);
-            match self.read().await? {
+            let read = match self.read().await {
+                Err(e) if !settled && self.backend.settle(&e).await => {
+                    settled = true;
+                    continue;
+                }
+                r => r?,
+            };
+            match read {
                 Read::Found(t) if acceptable(&t) => {
                     self.metrics.cache_op("adopt", "ok");
                     return Ok(Ok(Renewal::Adopted(t)));
@@ -440,7 +449,14 @@ impl SharedCache {
                 }
                 Read::Missing => {}
             }
-            if self.try_lock().await? {
+            let won = match self.try_lock().await {
+                Err(e) if !settled && self.backend.settle(&e).await => {
+                    settled = true;
+                    continue;
+                }
+                r => r?,
+            };
+            if won {
                 let fetch = fetch
                     .take()
                     .expect("fetch is used once: renew_locked returns");
