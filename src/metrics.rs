@@ -152,7 +152,7 @@ impl Metrics {
         let cache_reconnects = Family::<Labels1, Counter>::default();
         registry.register(
             "cache_reconnects",
-            "Shared cache connections rebuilt, by reason (readonly, masterdown, loading, timeout, disconnected, connect)",
+            "Shared cache connections rebuilt, by reason (readonly, masterdown, loading, timeout, disconnected, switch_master)",
             cache_reconnects.clone(),
         );
         let cache_primary = Family::<Vec<(&'static str, String)>, Gauge>::default();

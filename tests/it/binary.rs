@@ -225,8 +225,14 @@ fn help_lists_every_flag_and_never_shows_the_secret() {
         "--cache-key-prefix",
         "--cache-sentinel-master",
     ] {
+        // The section runs from its heading to the next one.
         let shared = &help[help.find("Shared cache:").unwrap()..];
-        let section = &shared[..shared[1..].find("\n\n").map_or(shared.len(), |i| i + 1)];
+        let end = shared
+            .match_indices('\n')
+            .map(|(i, _)| i)
+            .find(|&i| shared[i + 1..].starts_with(|c: char| c.is_ascii_uppercase()))
+            .unwrap_or(shared.len());
+        let section = &shared[..end];
         assert!(
             section.contains(flag),
             "{flag} is not under Shared cache:\n{section}"

@@ -5,7 +5,8 @@
 //! crate's async cluster connection), finding the primary (standalone: the URL's name,
 //! resolved again on every connect, so a DNS failover is followed; sentinel: asked of the
 //! sentinels), and rebuilding the connection in the background when the server turned
-//! replica (`READONLY`), lost its master (`MASTERDOWN`), is loading, timed out or went away.
+//! replica (`READONLY`), lost its master (`MASTERDOWN`), is loading, timed out or went away,
+//! or (sentinel mode) when a sentinel announces `+switch-master`.
 //! Rebuilds run on their own task, at most one at a time and at most one per
 //! [`RECONNECT_INTERVAL`] after a success: a request never waits for one.
 
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -137,6 +139,10 @@ pub struct Backend {
     live: watch::Sender<Option<Live>>,
     rebuilding: AtomicBool,
     last_rebuilt: Mutex<Option<Instant>>,
+    /// Sentinel mode: whether the `+switch-master` watcher runs.
+    watching: AtomicBool,
+    /// Wakes a rebuild waiting to retry (a sentinel announced the new master).
+    kick: Arc<tokio::sync::Notify>,
     metrics: Arc<Metrics>,
 }
 
@@ -274,6 +280,8 @@ impl Backend {
             live: watch::channel(None).0,
             rebuilding: AtomicBool::new(false),
             last_rebuilt: Mutex::new(None),
+            watching: AtomicBool::new(false),
+            kick: Arc::new(tokio::sync::Notify::new()),
             metrics,
         })
     }
@@ -343,6 +351,10 @@ impl Backend {
     /// succeeded less than [`RECONNECT_INTERVAL`] ago (returns false).
     fn reconnect(self: &Arc<Self>, reason: &'static str) -> bool {
         if self.rebuilding.swap(true, Ordering::SeqCst) {
+            if reason == "switch_master" {
+                // The rebuild in flight may be backing off: the new master is known now.
+                self.kick.notify_one();
+            }
             return true;
         }
         let recent = self
@@ -367,7 +379,7 @@ impl Backend {
             // A dropped connection answers nothing: fail fast (local fetch) until rebuilt.
             self.live.send_replace(None);
         }
-        let weak = Arc::downgrade(self);
+        let (weak, kick) = (Arc::downgrade(self), self.kick.clone());
         tokio::spawn(async move {
             let mut delay = RECONNECT_INTERVAL;
             let mut warned = false;
@@ -386,6 +398,7 @@ impl Backend {
                         me.live.send_replace(Some(live));
                         *me.last_rebuilt.lock().expect("not poisoned") = Some(Instant::now());
                         me.rebuilding.store(false, Ordering::SeqCst);
+                        me.watch_sentinels();
                         return;
                     }
                     Err(e) => {
@@ -401,11 +414,56 @@ impl Backend {
                     }
                 }
                 drop(me);
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = kick.notified() => {}
+                }
                 delay = (delay * 2).min(RECONNECT_MAX_DELAY);
             }
         });
         true
+    }
+
+    /// Sentinel mode: listen for `+switch-master` (on one sentinel at a time, the next one
+    /// when it goes away) and rebuild at once, instead of at the next failed call. Ends
+    /// within seconds of the cache being dropped.
+    fn watch_sentinels(self: &Arc<Self>) {
+        let Target::Sentinel { sentinels, .. } = &self.target else {
+            return;
+        };
+        if self.watching.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (sentinels, limit, weak) = (sentinels.clone(), self.timeout, Arc::downgrade(self));
+        tokio::spawn(async move {
+            for s in sentinels.iter().cycle() {
+                let subscribed = async {
+                    let mut ps = s.get_async_pubsub().await?;
+                    ps.subscribe("+switch-master").await?;
+                    Ok::<_, redis::RedisError>(ps)
+                };
+                if let Ok(Ok(mut ps)) = tokio::time::timeout(limit, subscribed).await {
+                    let mut notices = ps.on_message();
+                    loop {
+                        tokio::select! {
+                            notice = notices.next() => {
+                                let Some(_) = notice else { break };
+                                let Some(me) = weak.upgrade() else { return };
+                                me.reconnect("switch_master");
+                            }
+                            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        }
+                        if weak.strong_count() == 0 {
+                            return;
+                        }
+                    }
+                }
+                if weak.strong_count() == 0 {
+                    return;
+                }
+                tokio::time::sleep(RECONNECT_MAX_DELAY).await;
+            }
+        });
     }
 
     async fn connect(&self) -> Result<Live, CacheError> {
