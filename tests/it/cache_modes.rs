@@ -186,6 +186,7 @@ async fn an_acl_user_without_the_prefix_is_refused_in_words_and_the_sidecar_stil
     );
     assert!(text.contains("--cache-key-prefix"), "{text}");
     assert!(!text.contains("s3cret-acl"), "{text}");
+    assert!(!crate::support::logs::captured().contains("s3cret-acl"));
     // Running anyway: the cache refuses, the sidecar fetches locally and serves.
     let r = Running::start(env.config(&extra)).await;
     r.ready().await;

@@ -580,3 +580,43 @@ async fn bounded<T>(
         Err(_) => Err(CacheError::Timeout(limit)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(code: &str) -> CacheError {
+        match redis::parse_redis_value(format!("-{code} message\r\n").as_bytes()).unwrap() {
+            Value::ServerError(e) => CacheError::Redis(e.into()),
+            v => panic!("{code} parsed as {v:?}"),
+        }
+    }
+
+    #[test]
+    fn failover_answers_and_lost_connections_call_for_a_rebuild_and_others_do_not() {
+        assert_eq!(
+            reconnect_reason(&server_error("READONLY")),
+            Some("readonly")
+        );
+        assert_eq!(
+            reconnect_reason(&server_error("MASTERDOWN")),
+            Some("masterdown")
+        );
+        assert_eq!(reconnect_reason(&server_error("LOADING")), Some("loading"));
+        assert_eq!(
+            reconnect_reason(&CacheError::Timeout(Duration::from_millis(1))),
+            Some("timeout")
+        );
+        let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert_eq!(
+            reconnect_reason(&CacheError::Redis(io)),
+            Some("disconnected")
+        );
+        assert_eq!(reconnect_reason(&server_error("NOPERM")), None);
+        assert_eq!(reconnect_reason(&server_error("ERR")), None);
+        assert_eq!(
+            reconnect_reason(&CacheError::LockWait(Duration::ZERO)),
+            None
+        );
+    }
+}
