@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -27,6 +26,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{CacheConfig, CacheError, CacheMode, redacted_url};
+
+mod sentinel;
 use crate::metrics::Metrics;
 
 /// The shortest time between two rebuilds (and the first retry delay after a failed one).
@@ -424,48 +425,6 @@ impl Backend {
         true
     }
 
-    /// Sentinel mode: listen for `+switch-master` (on one sentinel at a time, the next one
-    /// when it goes away) and rebuild at once, instead of at the next failed call. Ends
-    /// within seconds of the cache being dropped.
-    fn watch_sentinels(self: &Arc<Self>) {
-        let Target::Sentinel { sentinels, .. } = &self.target else {
-            return;
-        };
-        if self.watching.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let (sentinels, limit, weak) = (sentinels.clone(), self.timeout, Arc::downgrade(self));
-        tokio::spawn(async move {
-            for s in sentinels.iter().cycle() {
-                let subscribed = async {
-                    let mut ps = s.get_async_pubsub().await?;
-                    ps.subscribe("+switch-master").await?;
-                    Ok::<_, redis::RedisError>(ps)
-                };
-                if let Ok(Ok(mut ps)) = tokio::time::timeout(limit, subscribed).await {
-                    let mut notices = ps.on_message();
-                    loop {
-                        tokio::select! {
-                            notice = notices.next() => {
-                                let Some(_) = notice else { break };
-                                let Some(me) = weak.upgrade() else { return };
-                                me.reconnect("switch_master");
-                            }
-                            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                        }
-                        if weak.strong_count() == 0 {
-                            return;
-                        }
-                    }
-                }
-                if weak.strong_count() == 0 {
-                    return;
-                }
-                tokio::time::sleep(RECONNECT_MAX_DELAY).await;
-            }
-        });
-    }
-
     async fn connect(&self) -> Result<Live, CacheError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
@@ -529,45 +488,6 @@ impl Backend {
                 })
             }
         }
-    }
-
-    /// The first sentinel that knows the master answers; each is given the cache timeout.
-    async fn ask_sentinels(
-        &self,
-        sentinels: &[redis::Client],
-        master: &str,
-        config: &AsyncConnectionConfig,
-    ) -> Result<ConnectionAddr, CacheError> {
-        let mut last = CacheError::Setup(format!("no sentinel knows the master {master:?}"));
-        for s in sentinels {
-            let asked = async {
-                let mut conn = s
-                    .get_multiplexed_async_connection_with_config(config)
-                    .await?;
-                redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(master)
-                    .query_async::<Option<(String, u16)>>(&mut conn)
-                    .await
-            };
-            match tokio::time::timeout(self.timeout, asked).await {
-                Ok(Ok(Some((host, port)))) => {
-                    return Ok(match s.get_connection_info().addr() {
-                        ConnectionAddr::TcpTls { .. } => ConnectionAddr::TcpTls {
-                            host,
-                            port,
-                            insecure: false,
-                            tls_params: None,
-                        },
-                        _ => ConnectionAddr::Tcp(host, port),
-                    });
-                }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => last = CacheError::Redis(e),
-                Err(_) => last = CacheError::Timeout(self.timeout),
-            }
-        }
-        Err(last)
     }
 }
 
