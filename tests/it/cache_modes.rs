@@ -261,18 +261,28 @@ async fn cluster_replicas_share_one_token_per_lifetime_and_survive_a_master_fail
     );
 
     // Kill the master that holds the token; the cluster promotes its replica.
-    let key = cluster
-        .nodes
-        .iter()
-        .flat_map(|n| {
-            cluster
-                .cli(n.port, &["keys", "pix-auth-proxy:v2:*"])
-                .lines()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .find(|k| !k.ends_with(":lock") && !k.is_empty())
-        .expect("the token is cached");
+    // The entry expires just before its token; between that and the next renewal there
+    // may be none for a moment: look until there is one.
+    let find_key = |cluster: &RedisCluster| {
+        cluster
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                cluster
+                    .cli(n.port, &["keys", "pix-auth-proxy:v2:*"])
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .find(|k| !k.ends_with(":lock") && !k.is_empty())
+    };
+    let mut key = None;
+    wait_until("the token is cached", Duration::from_secs(5), || {
+        key = find_key(&cluster);
+        std::future::ready(key.is_some())
+    })
+    .await;
+    let key = key.unwrap();
     let (m, r) = cluster.master_and_replica_of(&key);
     let replica_port = cluster.nodes[r].port;
     let adopted_before = adopted(&replicas);
@@ -430,5 +440,58 @@ async fn sentinel_master_killed_sidecars_follow_the_promoted_replica_without_a_f
     assert!(adopted(&replicas) > adopted_before, "sharing resumed");
     // 4 s is 2 lifetimes: 2 or 3 renewals depending on the phase, +1 for the window edge.
     assert!(fetches <= 2 + 2, "{fetches} fetches in 2 lifetimes");
+    env.assert_logs_clean();
+}
+
+#[tokio::test]
+async fn sentinel_and_data_nodes_with_different_passwords_share_one_token() {
+    if !available() {
+        return;
+    }
+    let deployment =
+        RedisSentinels::start_with_passwords(Some("data-pw-1"), Some("sentinel-pw-2")).await;
+    let env = Env::with(settings(Duration::from_secs(30))).await;
+    env.write("data.pw", b"data-pw-1");
+    env.write("sentinel.pw", b"sentinel-pw-2");
+    let urls = deployment.urls();
+    let mut flags = cache_flags(&env, &urls[0]);
+    for u in &urls[1..] {
+        flags.extend(["--cache".to_string(), u.clone()]);
+    }
+    let (data, sentinel) = (env.p("data.pw"), env.p("sentinel.pw"));
+    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    extra.extend([
+        "--cache-mode",
+        "sentinel",
+        "--cache-sentinel-master",
+        MASTER_NAME,
+        "--cache-password-file",
+        &data,
+        "--cache-sentinel-password-file",
+        &sentinel,
+    ]);
+    let configs: Vec<_> = (0..3).map(|_| env.config(&extra)).collect();
+    let replicas = futures_util::future::join_all(configs.into_iter().map(Running::start)).await;
+    for r in &replicas {
+        r.ready().await;
+    }
+    assert_eq!(
+        env.psp.token_requests(),
+        1,
+        "shared through authenticated sentinels"
+    );
+    let report = pix_auth_proxy::check::run(&env.config(&extra)).await;
+    let cache: Vec<_> = report
+        .outcomes
+        .iter()
+        .filter(|o| o.what == "shared cache")
+        .collect();
+    assert!(
+        cache.len() == 3 && cache.iter().all(|o| o.ok),
+        "{}",
+        report.render()
+    );
+    let logs = crate::support::logs::captured();
+    assert!(!logs.contains("data-pw-1") && !logs.contains("sentinel-pw-2"));
     env.assert_logs_clean();
 }

@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::redis_server::{RedisServer, free_port, info, wait_until};
+use super::redis_server::{RedisServer, free_port, wait_until};
 
 /// The name the sentinels monitor.
 pub const MASTER_NAME: &str = "pixmaster";
@@ -32,8 +32,9 @@ pub struct RedisSentinels {
     sentinels: Vec<Sentinel>,
 }
 
-async fn ask(port: u16, args: &[&str]) -> Option<redis::Value> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+async fn ask(port: u16, password: Option<&str>, args: &[&str]) -> Option<redis::Value> {
+    let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
+    let client = redis::Client::open(format!("redis://{auth}127.0.0.1:{port}/")).ok()?;
     let mut conn = tokio::time::timeout(
         Duration::from_millis(500),
         client.get_multiplexed_async_connection(),
@@ -50,15 +51,38 @@ async fn ask(port: u16, args: &[&str]) -> Option<redis::Value> {
 
 impl RedisSentinels {
     pub async fn start() -> Self {
-        let master = RedisServer::start();
-        let replica =
-            RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        Self::start_with_passwords(None, None).await
+    }
+
+    /// Data nodes with `requirepass data`, sentinels with `requirepass sentinel` (each
+    /// password different, as `--cache-password-file` and `--cache-sentinel-password-file`).
+    pub async fn start_with_passwords(data: Option<&str>, sentinel: Option<&str>) -> Self {
+        let auth: Vec<&str> = match data {
+            Some(p) => vec!["--requirepass", p, "--masterauth", p],
+            None => vec![],
+        };
+        let master = RedisServer::start_with(&auth);
+        let mport = master.port.to_string();
+        let mut replica_args = vec!["--replicaof", "127.0.0.1", &mport];
+        replica_args.extend(&auth);
+        let replica = RedisServer::start_with(&replica_args);
         wait_until("the replica syncs", Duration::from_secs(10), || async {
-            info(replica.port, "replication")
-                .await
-                .contains("master_link_status:up")
+            let got = ask(replica.port, data, &["INFO", "replication"]).await;
+            let text = match got {
+                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+                Some(redis::Value::VerbatimString { text, .. }) => text,
+                _ => String::new(),
+            };
+            text.contains("master_link_status:up")
         })
         .await;
+        let mut extra_conf = String::new();
+        if let Some(p) = data {
+            extra_conf.push_str(&format!("sentinel auth-pass {MASTER_NAME} {p}\n"));
+        }
+        if let Some(p) = sentinel {
+            extra_conf.push_str(&format!("requirepass {p}\nsentinel sentinel-pass {p}\n"));
+        }
         let sentinels: Vec<Sentinel> = (0..3)
             .map(|_| {
                 let port = free_port();
@@ -71,7 +95,7 @@ impl RedisSentinels {
                          sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
                          sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                          sentinel failover-timeout {MASTER_NAME} 5000\n\
-                         sentinel parallel-syncs {MASTER_NAME} 1\n",
+                         sentinel parallel-syncs {MASTER_NAME} 1\n{extra_conf}",
                         dir.path().display(),
                         master.port
                     ),
@@ -97,9 +121,9 @@ impl RedisSentinels {
                 "a sentinel knows the replica and reaches quorum",
                 Duration::from_secs(30),
                 || async {
-                    let quorum = matches!(ask(s.port, &["SENTINEL", "CKQUORUM", MASTER_NAME]).await,
+                    let quorum = matches!(ask(s.port, sentinel, &["SENTINEL", "CKQUORUM", MASTER_NAME]).await,
                     Some(redis::Value::SimpleString(ref ok)) if ok.contains("3 usable"));
-                    let replicas = ask(s.port, &["SENTINEL", "REPLICAS", MASTER_NAME]).await;
+                    let replicas = ask(s.port, sentinel, &["SENTINEL", "REPLICAS", MASTER_NAME]).await;
                     quorum && format!("{replicas:?}").contains(&replica_port)
                 },
             )
