@@ -2,9 +2,10 @@
 //! words, what is wrong.
 //!
 //! Owns: the checks (identity, trust anchors, one TLS handshake with the API host, one token
-//! request) and the translation of low-level failures into causes a person can act on: DNS,
-//! timeout, handshake refused, the PSP's certificate not trusted, our certificate refused by
-//! the PSP, `invalid_client`. Never prints the secret or the token.
+//! request, one round trip to the shared cache) and the translation of low-level failures
+//! into causes a person can act on: DNS, timeout, handshake refused, the PSP's certificate
+//! not trusted, our certificate refused by the PSP, `invalid_client`, an ACL refusal. Never
+//! prints the secret or the token.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -134,7 +135,31 @@ pub async fn run(config: &Config) -> Report {
     };
     handshake(&mut report, config, tls.clone()).await;
     token(&mut report, config, tls).await;
+    if let Some(cache) = &config.cache {
+        shared_cache(&mut report, cache).await;
+    }
     report
+}
+
+/// One round trip to the shared cache, each step in words (see `SharedCache::round_trip`).
+async fn shared_cache(report: &mut Report, cache: &crate::token::cache::CacheConfig) {
+    const WHAT: &str = "shared cache";
+    let probe = crate::token::cache::SharedCache::new(
+        cache,
+        String::new(),
+        Duration::from_secs(10),
+        Arc::new(crate::metrics::Metrics::new()),
+    );
+    let probe = match probe {
+        Ok(p) => p,
+        Err(e) => return report.fail(WHAT, e.to_string()),
+    };
+    for step in probe.round_trip().await {
+        match step.outcome {
+            Ok(d) => report.pass(WHAT, format!("{}: {d}", step.step)),
+            Err(e) => report.fail(WHAT, format!("{}: {e}", step.step)),
+        }
+    }
 }
 
 /// The webhook listener's server certificate (days left) and every CA it trusts.

@@ -232,9 +232,62 @@ pub struct RunArgs {
     pub upstream_http1_only: bool,
 
     /// Shared token cache for many replicas: redis:// or rediss:// URL (may hold the password;
-    /// prefer the env variable from a Secret). Requires --cache-key-file.
-    #[arg(long, env = "PIX_AUTH_PROXY_CACHE", hide_env_values = true, value_parser = secret, help_heading = "Shared cache")]
-    pub cache: Option<SecretString>,
+    /// prefer the env variable from a Secret). Requires --cache-key-file. Repeat it (or
+    /// separate by commas) for cluster seed nodes or sentinels.
+    #[arg(long, env = "PIX_AUTH_PROXY_CACHE", hide_env_values = true, value_parser = secret, value_delimiter = ',', help_heading = "Shared cache")]
+    pub cache: Vec<SecretString>,
+
+    /// How the cache is deployed: one primary behind one name (a DNS failover is followed),
+    /// a Redis Cluster (--cache: seed nodes), or Sentinel (--cache: the sentinels).
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_MODE",
+        value_enum,
+        default_value = "standalone",
+        help_heading = "Shared cache"
+    )]
+    pub cache_mode: CacheModeArg,
+
+    /// ACL user of the cache's data nodes (its password: --cache-password-file).
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_USERNAME",
+        help_heading = "Shared cache"
+    )]
+    pub cache_username: Option<String>,
+
+    /// Prefix of every key and channel, so that an ACL can confine the sidecar to ~prefix*.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_KEY_PREFIX",
+        help_heading = "Shared cache"
+    )]
+    pub cache_key_prefix: Option<String>,
+
+    /// Sentinel mode: the name of the master the sentinels monitor.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_SENTINEL_MASTER",
+        help_heading = "Shared cache"
+    )]
+    pub cache_sentinel_master: Option<String>,
+
+    /// Sentinel mode: the sentinels' ACL user, when it differs from the data nodes' (none).
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_SENTINEL_USERNAME",
+        help_heading = "Shared cache"
+    )]
+    pub cache_sentinel_username: Option<String>,
+
+    /// Sentinel mode: file holding the sentinels' password (they often have none, or not the
+    /// data nodes').
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_SENTINEL_PASSWORD_FILE",
+        help_heading = "Shared cache"
+    )]
+    pub cache_sentinel_password_file: Option<PathBuf>,
 
     /// 32-byte key (raw or Base64) encrypting cached tokens; the same on every replica.
     #[arg(
@@ -483,6 +536,18 @@ pub enum WebhookVerify {
     On,
     /// As `on`, and drop (200, WARN) a notification that is not confirmed.
     Require,
+}
+
+/// `--cache-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CacheModeArg {
+    /// One primary (a DNS failover is followed).
+    #[default]
+    Standalone,
+    /// Redis Cluster.
+    Cluster,
+    /// Redis Sentinel.
+    Sentinel,
 }
 
 /// Logging flags, shared by every subcommand.

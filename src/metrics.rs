@@ -41,6 +41,8 @@ pub struct Metrics {
     cache_ops: Family<Labels2, Counter>,
     cache_lock: Family<Labels1, Counter>,
     cache_decrypt_failures: Counter,
+    cache_reconnects: Family<Labels1, Counter>,
+    cache_primary: Family<Vec<(&'static str, String)>, Gauge>,
     cert_expiry: Gauge<f64, AtomicU64>,
     tls_reload: Family<Labels1, Counter>,
     webhook_requests: Family<Labels1, Counter>,
@@ -154,6 +156,18 @@ impl Metrics {
             "Shared cache values that failed to decrypt (tampering or wrong key)",
             cache_decrypt_failures.clone(),
         );
+        let cache_reconnects = Family::<Labels1, Counter>::default();
+        registry.register(
+            "cache_reconnects",
+            "Shared cache connections rebuilt, by reason (readonly, masterdown, loading, timeout, disconnected, switch_master)",
+            cache_reconnects.clone(),
+        );
+        let cache_primary = Family::<Vec<(&'static str, String)>, Gauge>::default();
+        registry.register(
+            "cache_primary",
+            "1 for the cache mode and the node this replica writes to now (cluster: its seeds)",
+            cache_primary.clone(),
+        );
         let cert_expiry = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "client_cert_expiry_timestamp_seconds",
@@ -201,6 +215,8 @@ impl Metrics {
             cache_ops,
             cache_lock,
             cache_decrypt_failures,
+            cache_reconnects,
+            cache_primary,
             cert_expiry,
             tls_reload,
             webhook_requests,
@@ -326,6 +342,21 @@ impl Metrics {
     /// A shared-cache lock attempt.
     pub fn cache_lock(&self, result: &'static str) {
         self.cache_lock.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// A shared-cache connection rebuilt, and why.
+    pub fn cache_reconnect(&self, reason: &'static str) {
+        self.cache_reconnects
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// The shared cache now writes to `addr` (in `mode`): the one series, set to 1.
+    pub fn set_cache_primary(&self, mode: &'static str, addr: &str) {
+        self.cache_primary.clear();
+        self.cache_primary
+            .get_or_create(&vec![("mode", mode.to_owned()), ("addr", addr.to_owned())])
+            .set(1);
     }
 
     /// A shared-cache value that failed to decrypt.

@@ -218,7 +218,7 @@ impl Sidecar {
             upstream = %self.config.upstream,
             token_url = %self.config.token.url,
             client_id = %self.config.token.client_id,
-            cache = %self.config.cache.as_ref().map(|c| crate::token::cache::redacted_url(secrecy::ExposeSecret::expose_secret(&c.url))).unwrap_or_else(|| "off".into()),
+            cache = %self.config.cache.as_ref().map(|c| format!("{} {}", c.mode.as_str(), c.shown())).unwrap_or_else(|| "off".into()),
             cert_subject = %info.subject,
             cert_not_after = %crate::tls::rfc3339(info.not_after),
             "pix-auth-proxy starting"

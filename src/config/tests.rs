@@ -300,3 +300,120 @@ fn dedup_last<'a>(argv: &[&'a str]) -> Vec<&'a str> {
     }
     out
 }
+
+#[test]
+fn cache_mode_combinations_are_checked_and_name_their_flag() {
+    let f = Files::new("cache-modes");
+    std::fs::write(f.dir.join("cache.key"), [7u8; 32]).unwrap();
+    let key = f.p("cache.key");
+    let k = key.as_str();
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["--cache-mode", "cluster"], "--cache-mode", "with --cache"),
+        (
+            &["--cache-key-prefix", "a:"],
+            "--cache-key-prefix",
+            "with --cache",
+        ),
+        (
+            &[
+                "--cache",
+                "redis://a",
+                "--cache",
+                "redis://b",
+                "--cache-key-file",
+                k,
+            ],
+            "--cache",
+            "standalone mode takes one",
+        ),
+        (
+            &[
+                "--cache",
+                "redis://a",
+                "--cache-mode",
+                "sentinel",
+                "--cache-key-file",
+                k,
+            ],
+            "--cache-sentinel-master",
+            "is required",
+        ),
+        (
+            &[
+                "--cache",
+                "redis://a",
+                "--cache-sentinel-master",
+                "m",
+                "--cache-key-file",
+                k,
+            ],
+            "--cache-sentinel-master",
+            "only makes sense with --cache-mode sentinel",
+        ),
+        (
+            &[
+                "--cache",
+                "redis://a,rediss://b",
+                "--cache-mode",
+                "cluster",
+                "--cache-key-file",
+                k,
+            ],
+            "--cache",
+            "mixes",
+        ),
+        (
+            &[
+                "--cache",
+                "redis://a/3",
+                "--cache-mode",
+                "cluster",
+                "--cache-key-file",
+                k,
+            ],
+            "--cache",
+            "database 0",
+        ),
+        (
+            &[
+                "--cache",
+                "redis://a",
+                "--cache-key-prefix",
+                "x{y}",
+                "--cache-key-file",
+                k,
+            ],
+            "--cache-key-prefix",
+            "hash tag",
+        ),
+    ];
+    for (extra, flag, needle) in cases {
+        let e = Config::from_args(&f.args(extra), SecretEnv::default())
+            .expect_err(&format!("{extra:?} must be refused"))
+            .to_string();
+        assert!(e.starts_with(flag), "{extra:?}: {e}");
+        assert!(e.contains(needle), "{extra:?}: {e}");
+    }
+    let ok = Config::from_args(
+        &f.args(&[
+            "--cache",
+            "redis://s1:26379,redis://s2:26379",
+            "--cache-mode",
+            "sentinel",
+            "--cache-sentinel-master",
+            "pix",
+            "--cache-username",
+            "pix",
+            "--cache-key-prefix",
+            "team-a:",
+            "--cache-key-file",
+            k,
+        ]),
+        SecretEnv::default(),
+    )
+    .unwrap();
+    let cache = ok.cache.unwrap();
+    assert_eq!(cache.urls.len(), 2);
+    assert_eq!(cache.key_prefix, "team-a:");
+    assert_eq!(cache.sentinel_master.as_deref(), Some("pix"));
+}

@@ -219,6 +219,25 @@ fn help_lists_every_flag_and_never_shows_the_secret() {
     ] {
         assert!(help.contains(heading), "{heading} missing from --help");
     }
+    for flag in [
+        "--cache-mode",
+        "--cache-username",
+        "--cache-key-prefix",
+        "--cache-sentinel-master",
+    ] {
+        // The section runs from its heading to the next one.
+        let shared = &help[help.find("Shared cache:").unwrap()..];
+        let end = shared
+            .match_indices('\n')
+            .map(|(i, _)| i)
+            .find(|&i| shared[i + 1..].starts_with(|c: char| c.is_ascii_uppercase()))
+            .unwrap_or(shared.len());
+        let section = &shared[..end];
+        assert!(
+            section.contains(flag),
+            "{flag} is not under Shared cache:\n{section}"
+        );
+    }
     assert!(!help.contains("do-not-show-me"));
     assert!(
         !help.contains("redis-password-value"),

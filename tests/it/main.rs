@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod binary;
 mod cache;
+mod cache_modes;
 mod check;
 mod demo;
 mod faults;

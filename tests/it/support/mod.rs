@@ -11,8 +11,11 @@ pub mod logs;
 pub mod nginx_edge;
 pub mod process;
 pub mod raw;
+pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod redis_server;
 pub mod refusing_h2;
+pub mod repoint_relay;
 pub mod webhook;
 
 use std::net::SocketAddr;
