@@ -289,6 +289,18 @@ pub struct RunArgs {
     )]
     pub cache_sentinel_password_file: Option<PathBuf>,
 
+    /// Sentinel mode: whether the data nodes the sentinels name speak TLS: `same` as the
+    /// sentinels (the scheme of --cache), `on` or `off`; --cache-ca and --cache-client-cert
+    /// serve both.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_DATA_TLS",
+        value_enum,
+        default_value = "same",
+        help_heading = "Shared cache"
+    )]
+    pub cache_data_tls: DataTlsArg,
+
     /// 32-byte key (raw or Base64) encrypting cached tokens; the same on every replica.
     #[arg(
         long,
@@ -548,6 +560,18 @@ pub enum CacheModeArg {
     Cluster,
     /// Redis Sentinel.
     Sentinel,
+}
+
+/// `--cache-data-tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DataTlsArg {
+    /// As the sentinels: `rediss://` sentinels, TLS data nodes.
+    #[default]
+    Same,
+    /// TLS to the data nodes, whatever the sentinels speak.
+    On,
+    /// Plain TCP to the data nodes, whatever the sentinels speak.
+    Off,
 }
 
 /// Logging flags, shared by every subcommand.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::files::{permissive_mode, positive, read_secret, readable_file};
 use super::{ConfigError, err};
-use crate::cli::{CacheModeArg, RunArgs};
+use crate::cli::{CacheModeArg, DataTlsArg, RunArgs};
 use crate::token::cache::{CacheConfig, CacheKey, CacheMode};
 
 pub(super) fn cache_config(
@@ -33,6 +33,7 @@ pub(super) fn cache_config(
                 "--cache-sentinel-master",
                 args.cache_sentinel_master.is_some(),
             ),
+            ("--cache-data-tls", args.cache_data_tls != DataTlsArg::Same),
         ] {
             if set {
                 return Err(err(flag, "only makes sense with --cache"));
@@ -108,6 +109,7 @@ pub(super) fn cache_config(
                     "--cache-sentinel-password-file",
                     args.cache_sentinel_password_file.is_some(),
                 ),
+                ("--cache-data-tls", args.cache_data_tls != DataTlsArg::Same),
             ] {
                 if set {
                     return Err(err(flag, "only makes sense with --cache-mode sentinel"));
@@ -157,11 +159,16 @@ pub(super) fn cache_config(
         Some(p) => Some(read_secret("--cache-sentinel-password-file", p, warnings)?),
         None => None,
     };
-    let tls = schemes[0] == "rediss";
+    let data_tls = match args.cache_data_tls {
+        DataTlsArg::Same => None,
+        DataTlsArg::On => Some(true),
+        DataTlsArg::Off => Some(false),
+    };
+    let tls = schemes[0] == "rediss" || data_tls == Some(true);
     if !tls && (args.cache_ca.is_some() || args.cache_client_cert.is_some()) {
         return Err(err(
             "--cache-ca",
-            "TLS settings need a rediss:// --cache URL",
+            "TLS settings need a rediss:// --cache URL (or --cache-data-tls on)",
         ));
     }
     for (flag, path) in [
@@ -189,6 +196,7 @@ pub(super) fn cache_config(
         sentinel_master: args.cache_sentinel_master.clone(),
         sentinel_username: args.cache_sentinel_username.clone(),
         sentinel_password,
+        data_tls,
         op_timeout: args.cache_timeout,
     }))
 }

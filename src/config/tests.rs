@@ -353,6 +353,18 @@ fn cache_mode_combinations_are_checked_and_name_their_flag() {
         (
             &[
                 "--cache",
+                "redis://a",
+                "--cache-data-tls",
+                "on",
+                "--cache-key-file",
+                k,
+            ],
+            "--cache-data-tls",
+            "only makes sense with --cache-mode sentinel",
+        ),
+        (
+            &[
+                "--cache",
                 "redis://a,rediss://b",
                 "--cache-mode",
                 "cluster",

@@ -508,3 +508,63 @@ async fn sentinel_and_data_nodes_with_different_passwords_share_one_token() {
     assert!(!logs.contains("data-pw-1") && !logs.contains("sentinel-pw-2"));
     env.assert_logs_clean();
 }
+
+#[tokio::test]
+async fn plain_sentinels_naming_tls_data_nodes_share_one_token_with_cache_data_tls_on() {
+    if !available() {
+        return;
+    }
+    let env = Env::with(settings(Duration::from_secs(30))).await;
+    let server = env.pki.server().unwrap();
+    env.write("redis.crt", server.cert_pem.as_bytes());
+    env.write("redis.key", server.key_pem.as_bytes());
+    let deployment = RedisSentinels::start_with_tls_data(crate::support::redis_server::TlsFiles {
+        cert: env.path("redis.crt"),
+        key: env.path("redis.key"),
+        ca: env.path("ca.pem"),
+    })
+    .await;
+    let urls = deployment.urls();
+    assert!(
+        urls[0].starts_with("redis://"),
+        "the sentinels are plain TCP"
+    );
+    let mut flags = cache_flags(&env, &urls[0]);
+    for u in &urls[1..] {
+        flags.extend(["--cache".to_string(), u.clone()]);
+    }
+    let ca = env.p("ca.pem");
+    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    extra.extend([
+        "--cache-mode",
+        "sentinel",
+        "--cache-sentinel-master",
+        MASTER_NAME,
+        "--cache-data-tls",
+        "on",
+        "--cache-ca",
+        &ca,
+    ]);
+    let configs: Vec<_> = (0..3).map(|_| env.config(&extra)).collect();
+    let replicas = futures_util::future::join_all(configs.into_iter().map(Running::start)).await;
+    for r in &replicas {
+        r.ready().await;
+    }
+    assert_eq!(
+        env.psp.token_requests(),
+        1,
+        "one token for three replicas through TLS data nodes"
+    );
+    let report = pix_auth_proxy::check::run(&env.config(&extra)).await;
+    let cache: Vec<_> = report
+        .outcomes
+        .iter()
+        .filter(|o| o.what == "shared cache")
+        .collect();
+    assert!(
+        cache.len() == 3 && cache.iter().all(|o| o.ok),
+        "{}",
+        report.render()
+    );
+    env.assert_logs_clean();
+}

@@ -112,9 +112,11 @@ enum Target {
     Sentinel {
         sentinels: Vec<redis::Client>,
         master: String,
-        /// The data nodes' settings (user, password, db, TLS or not); the address is filled
-        /// in from the sentinels' answer.
+        /// The data nodes' settings (user, password, db); the address is filled in from the
+        /// sentinels' answer.
         data: ConnectionInfo,
+        /// Whether the data nodes speak TLS (`--cache-data-tls`, else as the sentinels).
+        data_tls: bool,
         tls: Tls,
     },
     Cluster {
@@ -269,6 +271,7 @@ impl Backend {
                 Target::Sentinel {
                     sentinels,
                     master,
+                    data_tls: config.data_tls.unwrap_or_else(|| is_tls(&first)),
                     data: with_auth(first, user, password),
                     tls,
                 }
@@ -446,9 +449,12 @@ impl Backend {
                 sentinels,
                 master,
                 data,
+                data_tls,
                 tls,
             } => {
-                let addr = self.ask_sentinels(sentinels, master, &config).await?;
+                let addr = self
+                    .ask_sentinels(sentinels, master, *data_tls, &config)
+                    .await?;
                 let client = node_client(data.clone().set_addr(addr), tls)?;
                 let mut conn = bounded(
                     self.timeout,

@@ -58,6 +58,8 @@ pub struct CacheConfig {
     pub sentinel_username: Option<String>,
     /// Sentinel mode: the sentinels' password, when they have one.
     pub sentinel_password: Option<SecretString>,
+    /// Sentinel mode: whether the data nodes speak TLS (`None`: as the sentinels).
+    pub data_tls: Option<bool>,
     /// Bound on every Redis call, and on connecting.
     pub op_timeout: Duration,
 }

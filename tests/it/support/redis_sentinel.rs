@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::redis_server::{RedisServer, free_port, wait_until};
+use super::redis_server::{RedisServer, TlsFiles, free_port, wait_until};
 
 /// The name the sentinels monitor.
 pub const MASTER_NAME: &str = "pixmaster";
@@ -57,16 +57,38 @@ impl RedisSentinels {
     /// Data nodes with `requirepass data`, sentinels with `requirepass sentinel` (each
     /// password different, as `--cache-password-file` and `--cache-sentinel-password-file`).
     pub async fn start_with_passwords(data: Option<&str>, sentinel: Option<&str>) -> Self {
-        let auth: Vec<&str> = match data {
+        Self::start_with(data, sentinel, None).await
+    }
+
+    /// Data nodes speaking only TLS (`files`, replication over TLS too), sentinels plain
+    /// TCP reaching them over TLS: the sentinels' and the data nodes' TLS settings differ.
+    pub async fn start_with_tls_data(files: TlsFiles) -> Self {
+        Self::start_with(None, None, Some(files)).await
+    }
+
+    async fn start_with(data: Option<&str>, sentinel: Option<&str>, tls: Option<TlsFiles>) -> Self {
+        let mut auth: Vec<&str> = match data {
             Some(p) => vec!["--requirepass", p, "--masterauth", p],
             None => vec![],
         };
-        let master = RedisServer::start_with(&auth);
+        if tls.is_some() {
+            auth.extend(["--tls-replication", "yes"]);
+        }
+        let start = |args: &[&str]| match &tls {
+            Some(files) => RedisServer::start_tls_with(files.clone(), args),
+            None => RedisServer::start_with(args),
+        };
+        let master = start(&auth);
         let mport = master.port.to_string();
         let mut replica_args = vec!["--replicaof", "127.0.0.1", &mport];
         replica_args.extend(&auth);
-        let replica = RedisServer::start_with(&replica_args);
+        let replica = start(&replica_args);
+        // Plain data nodes: wait for the replica's sync here; TLS ones: the sentinels'
+        // quorum and replica list below are the proof.
         wait_until("the replica syncs", Duration::from_secs(10), || async {
+            if tls.is_some() {
+                return true;
+            }
             let got = ask(replica.port, data, &["INFO", "replication"]).await;
             let text = match got {
                 Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
@@ -82,6 +104,15 @@ impl RedisSentinels {
         }
         if let Some(p) = sentinel {
             extra_conf.push_str(&format!("requirepass {p}\nsentinel sentinel-pass {p}\n"));
+        }
+        if let Some(t) = &tls {
+            // Plain sentinel port; TLS towards the master and replicas.
+            extra_conf.push_str(&format!(
+                "tls-replication yes\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n",
+                t.cert.display(),
+                t.key.display(),
+                t.ca.display()
+            ));
         }
         let sentinels: Vec<Sentinel> = (0..3)
             .map(|_| {

@@ -54,10 +54,12 @@ impl Backend {
     }
 
     /// The first sentinel that knows the master answers; each is given the cache timeout.
+    /// The master is reached over TLS when `data_tls`, whatever the sentinels speak.
     pub(super) async fn ask_sentinels(
         &self,
         sentinels: &[redis::Client],
         master: &str,
+        data_tls: bool,
         config: &AsyncConnectionConfig,
     ) -> Result<ConnectionAddr, CacheError> {
         let mut last = CacheError::Setup(format!("no sentinel knows the master {master:?}"));
@@ -74,14 +76,15 @@ impl Backend {
             };
             match tokio::time::timeout(self.timeout, asked).await {
                 Ok(Ok(Some((host, port)))) => {
-                    return Ok(match s.get_connection_info().addr() {
-                        ConnectionAddr::TcpTls { .. } => ConnectionAddr::TcpTls {
+                    return Ok(if data_tls {
+                        ConnectionAddr::TcpTls {
                             host,
                             port,
                             insecure: false,
                             tls_params: None,
-                        },
-                        _ => ConnectionAddr::Tcp(host, port),
+                        }
+                    } else {
+                        ConnectionAddr::Tcp(host, port)
                     });
                 }
                 Ok(Ok(None)) => {}
