@@ -6,6 +6,8 @@
 #   bench/run.sh --quick        # smoke test, about a minute: every target, every scenario, once
 #   bench/run.sh                # full run: REPS (3) interleaved repetitions, medians (~17 min)
 #   bench/run.sh soak           # 5 minutes at 256 connections against pix-auth-proxy, RSS every 10 s
+#   bench/run.sh profile        # callgrind instructions per proxied request (pix and pix-h1);
+#                               # PROFILE_BINS="before=/path after=/path" compares binaries
 #   bench/run.sh check          # start everything, check each target forwards correctly, stop
 #
 # Needs root (apt-get, pip, and nginx workers reading the throwaway keys) on Debian with 2+
@@ -59,13 +61,13 @@ while (($#)); do
     case $1 in
         --quick) QUICK=1 ;;
         --no-install) INSTALL=0 ;;
-        bench | soak | check) MODE=$1 ;;
+        bench | soak | check | profile) MODE=$1 ;;
         -h | --help)
             sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
             exit 0
             ;;
         *)
-            echo "usage: $0 [--quick] [--no-install] [bench|soak|check]" >&2
+            echo "usage: $0 [--quick] [--no-install] [bench|soak|check|profile]" >&2
             exit 2
             ;;
     esac
@@ -122,6 +124,8 @@ declare -A PID=()
 declare -A STARTED_AT=()
 CREATED_POLICY_RC=0
 PIX_WORKER_ARGS=()
+PROXY_WRAP=()   # a command put in front of pix-auth-proxy (profile mode: valgrind)
+WAIT_S=30       # how long a target may take to become ready
 
 stop_pid() { # TERM, up to 10 s to exit, then KILL; reaps it
     local pid=$1 i st
@@ -368,7 +372,7 @@ start_target() {
         pix | pix-h1)
             local extra=()
             [[ $t == pix-h1 ]] && extra=(--upstream-http1-only)
-            start_proc "$t" "$PROXY_CPU" env TOKIO_WORKER_THREADS=1 "$PROXY_BIN" run \
+            start_proc "$t" "$PROXY_CPU" env TOKIO_WORKER_THREADS=1 "${PROXY_WRAP[@]}" "$PROXY_BIN" run \
                 "${PIX_WORKER_ARGS[@]}" --provider custom \
                 --upstream "https://127.0.0.1:$UP_PORT" \
                 --token-url "https://127.0.0.1:${TOKEN_PORT[$t]}/oauth/token" \
@@ -388,7 +392,7 @@ wait_target() {
     case $t in
         direct) return ;;
         pix | pix-h1)
-            wait_until 30 "$t /readyz" curl -sf "http://127.0.0.1:${ADMIN_PORT[$t]}/readyz"
+            wait_until "$WAIT_S" "$t /readyz" curl -sf "http://127.0.0.1:${ADMIN_PORT[$t]}/readyz"
             ;;
         *)
             wait_until 30 "$t listening" bash -c "exec 3<>/dev/tcp/127.0.0.1/${PORT[$t]}"
@@ -733,6 +737,60 @@ soak_requests() { # requests answered so far, from the proxy's own counter
 }
 
 # ---------------------------------------------------------------------------------------
+# Profile: instructions per proxied request under callgrind, which do not depend on the
+# machine's noise. Per binary and target: one run without load and one with
+# `wrk -t1 -c4 -d8s` on `/`, each PROFILE_SECS long; per request = (loaded − idle) ÷ requests.
+callgrind_run() { # TARGET BIN NAME LOAD(0|1) -> prints "instructions requests"
+    local t=$1 bin=$2 name=$3 load=$4 out=$WORK/callgrind.$3 reqs=0 wrk_out
+    stop_pid "${PID[$t]}"
+    PROXY_WRAP=(valgrind --tool=callgrind "--callgrind-out-file=$out")
+    local saved=$PROXY_BIN
+    PROXY_BIN=$bin WAIT_S=180
+    start_target "$t"
+    wait_target "$t"
+    PROXY_BIN=$saved WAIT_S=30 PROXY_WRAP=()
+    if ((load)); then
+        wrk_out=$(taskset -c "$LOAD_CPU" wrk -t1 -c4 -d"${PROFILE_SECS}s" --timeout 10s \
+            "http://127.0.0.1:${PORT[$t]}/" 2>&1) || die "wrk failed on $t: $wrk_out"
+        echo "$wrk_out" >"$WORK/logs/$name-wrk.log"
+        reqs=$(awk '/requests in/{print $1; exit}' <<<"$wrk_out")
+    else
+        sleep "$PROFILE_SECS"
+    fi
+    stop_pid "${PID[$t]}"
+    printf '%s %s\n' "$(awk '/^(summary|totals):/{print $2; exit}' "$out")" "$reqs"
+}
+
+run_profile() {
+    command -v valgrind >/dev/null || die "profile needs valgrind (apt package valgrind)"
+    : "${PROFILE_SECS:=8}"
+    local spec label bin t idle loaded reqs
+    {
+        echo "## pix-auth-proxy profile ($(date -u +%Y-%m-%dT%H:%MZ))"
+        echo
+        echo "callgrind, wrk -t1 -c4 -d${PROFILE_SECS}s on /, TOKIO_WORKER_THREADS=1 ${PIX_WORKER_ARGS[*]}"
+        echo
+        echo "| binary | target | instructions per request | requests | loaded total | idle total |"
+        echo "|---|---|---:|---:|---:|---:|"
+    } >"$WORK/report.md"
+    for spec in ${PROFILE_BINS:-current=$PROXY_BIN}; do
+        label=${spec%%=*} bin=${spec#*=}
+        [[ -x $bin ]] || die "PROFILE_BINS: $bin is not executable"
+        cp "$bin" "$WORK/pix-$label"
+        for t in "${ACTIVE[@]}"; do
+            [[ $t == pix || $t == pix-h1 ]] || continue
+            read -r idle _ < <(callgrind_run "$t" "$WORK/pix-$label" "$label-$t-idle" 0)
+            read -r loaded reqs < <(callgrind_run "$t" "$WORK/pix-$label" "$label-$t-load" 1)
+            ((reqs > 0)) || die "no request completed under callgrind ($label $t)"
+            printf '| %s | %s | %s | %s | %s | %s |\n' "$label" "$t" \
+                "$(((loaded - idle) / reqs))" "$reqs" "$loaded" "$idle" >>"$WORK/report.md"
+            log "profile $label $t: $(((loaded - idle) / reqs)) instructions per request over $reqs requests"
+        done
+    done
+    cat "$WORK/report.md"
+}
+
+# ---------------------------------------------------------------------------------------
 main() {
     WORK=${BENCH_WORKDIR:-$(mktemp -d /tmp/pix-bench.XXXXXX)}
     mkdir -p "$WORK/logs" "$WORK/pids"
@@ -740,6 +798,12 @@ main() {
     ((INSTALL)) && install_tools
     if [[ $MODE == soak ]]; then
         TARGETS=pix
+    fi
+    if [[ $MODE == profile ]]; then
+        TARGETS="pix pix-h1"
+        ((INSTALL)) && ! command -v valgrind >/dev/null &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends valgrind \
+                >"$WORK/logs/apt-valgrind.log" 2>&1
     fi
     select_targets
     ((${#ACTIVE[@]})) || die "no target to run"
@@ -755,6 +819,7 @@ main() {
         check) log "all targets forward correctly: ${ACTIVE[*]}" ;;
         bench) run_bench ;;
         soak) run_soak ;;
+        profile) run_profile ;;
     esac
 }
 

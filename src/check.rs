@@ -2,9 +2,10 @@
 //! words, what is wrong.
 //!
 //! Owns: the checks (identity, trust anchors, one TLS handshake with the API host, one token
-//! request) and the translation of low-level failures into causes a person can act on: DNS,
-//! timeout, handshake refused, the PSP's certificate not trusted, our certificate refused by
-//! the PSP, `invalid_client`. Never prints the secret or the token.
+//! request, one round trip to the shared cache) and the translation of low-level failures
+//! into causes a person can act on: DNS, timeout, handshake refused, the PSP's certificate
+//! not trusted, our certificate refused by the PSP, `invalid_client`, an ACL refusal. Never
+//! prints the secret or the token.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -104,6 +105,9 @@ pub async fn run(config: &Config) -> Report {
         }
     };
     describe_identity(&mut report, &identity);
+    if let Some(wh) = &config.webhook {
+        describe_webhook(&mut report, wh);
+    }
     let roots = match crate::tls::root_store(config.ca.as_deref(), &config.extra_roots) {
         Ok(r) => r,
         Err(e) => {
@@ -131,7 +135,74 @@ pub async fn run(config: &Config) -> Report {
     };
     handshake(&mut report, config, tls.clone()).await;
     token(&mut report, config, tls).await;
+    if let Some(cache) = &config.cache {
+        shared_cache(&mut report, cache).await;
+    }
     report
+}
+
+/// One round trip to the shared cache, each step in words (see `SharedCache::round_trip`).
+async fn shared_cache(report: &mut Report, cache: &crate::token::cache::CacheConfig) {
+    const WHAT: &str = "shared cache";
+    let probe = crate::token::cache::SharedCache::new(
+        cache,
+        String::new(),
+        Duration::from_secs(10),
+        Arc::new(crate::metrics::Metrics::new()),
+    );
+    let probe = match probe {
+        Ok(p) => p,
+        Err(e) => return report.fail(WHAT, e.to_string()),
+    };
+    for step in probe.round_trip().await {
+        match step.outcome {
+            Ok(d) => report.pass(WHAT, format!("{}: {d}", step.step)),
+            Err(e) => report.fail(WHAT, format!("{}: {e}", step.step)),
+        }
+    }
+}
+
+/// The webhook listener's server certificate (days left) and every CA it trusts.
+fn describe_webhook(report: &mut Report, wh: &crate::config::WebhookConfig) {
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let state = match crate::webhook::TlsState::load(wh, Arc::default(), metrics) {
+        Ok(s) => s,
+        Err(e) => {
+            report.fail("webhook certificate", e.to_string());
+            return;
+        }
+    };
+    let now = SystemTime::now();
+    let info = state.identity.info();
+    report.pass(
+        "webhook certificate",
+        format!(
+            "{} (issuer {}), {} days left",
+            info.subject,
+            info.issuer,
+            days(info.time_left(now))
+        ),
+    );
+    for ca in &state.cas {
+        let from = ca
+            .file
+            .as_ref()
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "(in memory)".into());
+        let left = ca.info.time_left(now);
+        let detail = format!("{} from {from}, {} days left", ca.info.subject, days(left));
+        if left.is_zero() {
+            report.fail("webhook client CA", format!("{detail}: expired"));
+        } else {
+            report.pass("webhook client CA", detail);
+        }
+    }
+    if state.cas.is_empty() {
+        report.pass(
+            "webhook client CA",
+            "none: callers are authenticated by the URL secret only",
+        );
+    }
 }
 
 fn describe_identity(report: &mut Report, identity: &Identity) {
@@ -162,7 +233,7 @@ fn tls_cause(err: &(dyn std::error::Error + 'static)) -> Option<String> {
 }
 
 fn describe_rustls(e: &rustls::Error) -> String {
-    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    use rustls::{CertificateError as C, Error as E};
     match e {
         E::InvalidCertificate(C::UnknownIssuer) => {
             "the PSP's server certificate is not trusted (unknown CA): add its CA with --ca".into()
@@ -176,16 +247,7 @@ fn describe_rustls(e: &rustls::Error) -> String {
         E::InvalidCertificate(other) => {
             format!("the PSP's server certificate is invalid: {other:?}")
         }
-        E::AlertReceived(
-            a @ (A::BadCertificate
-            | A::UnknownCA
-            | A::CertificateRequired
-            | A::CertificateUnknown
-            | A::UnsupportedCertificate
-            | A::CertificateRevoked
-            | A::CertificateExpired
-            | A::AccessDenied),
-        ) => format!(
+        E::AlertReceived(a) if crate::tls::refusal::alert_refusal(e).is_some() => format!(
             "the PSP refused our client certificate (TLS alert {a:?}): is this certificate registered with the PSP, and is it the one for this environment?"
         ),
         E::AlertReceived(a) => format!("the PSP ended the handshake (TLS alert {a:?})"),
@@ -252,41 +314,63 @@ async fn handshake(report: &mut Report, config: &Config, mut tls: rustls::Client
     } else {
         uri.path()
     };
+    // GET, not HEAD: an edge that refused our certificate after the handshake (nginx with
+    // `ssl_verify_client on`) says so only in the body of its 400.
     let probe = format!(
-        "HEAD {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: pix-auth-proxy-check\r\n\r\n",
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: pix-auth-proxy-check\r\n\r\n",
         uri.authority().map(|a| a.as_str()).unwrap_or(&host)
     );
-    let mut buf = [0u8; 64];
+    let mut answer = Vec::new();
     let exchange = async {
         stream.write_all(probe.as_bytes()).await?;
-        stream.read(&mut buf).await
-    };
-    match tokio::time::timeout(
-        config.proxy.request_timeout.min(Duration::from_secs(15)),
-        exchange,
-    )
-    .await
-    {
-        Ok(Ok(n)) if n > 0 => {
-            let status = String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            report.pass(WHAT, format!("{addr}: {version}, client certificate accepted (probe without a token: {status})"));
+        let mut buf = [0u8; 1024];
+        while answer.len() < crate::tls::refusal::SNIFF_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                // Some answer already came: a reset after it is the server closing.
+                Err(_) if !answer.is_empty() => break,
+                Err(e) => return Err(e),
+            }
         }
-        Ok(Ok(_)) => report.fail(
+        Ok(())
+    };
+    let bound = config.proxy.request_timeout.min(Duration::from_secs(15));
+    let outcome = tokio::time::timeout(bound, exchange).await;
+    if answer.is_empty() {
+        return match outcome {
+            Ok(Ok(())) => report.fail(
+                WHAT,
+                "the PSP closed the connection right after the handshake (client certificate refused?)",
+            ),
+            Ok(Err(e)) => report.fail(
+                WHAT,
+                tls_cause(&e)
+                    .unwrap_or_else(|| format!("the connection failed after the handshake: {e}")),
+            ),
+            Err(_) => report.fail(
+                WHAT,
+                "the PSP did not answer a plain request after the handshake",
+            ),
+        };
+    }
+    let text = String::from_utf8_lossy(&answer);
+    let status_line = text.lines().next().unwrap_or_default().to_owned();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<http::StatusCode>().ok());
+    let body = text.find("\r\n\r\n").map_or(&b""[..], |i| &answer[i + 4..]);
+    match status.and_then(|s| crate::tls::refusal::http_refusal(s, body)) {
+        Some(refusal) => report.fail(
             WHAT,
-            "the PSP closed the connection right after the handshake (client certificate refused?)",
+            format!("{addr}: {version}, {refusal} (probe without a token: {status_line})"),
         ),
-        Ok(Err(e)) => report.fail(
+        None => report.pass(
             WHAT,
-            tls_cause(&e)
-                .unwrap_or_else(|| format!("the connection failed after the handshake: {e}")),
-        ),
-        Err(_) => report.fail(
-            WHAT,
-            "the PSP did not answer a plain request after the handshake",
+            format!(
+                "{addr}: {version}, client certificate accepted (probe without a token: {status_line})"
+            ),
         ),
     }
 }

@@ -57,23 +57,33 @@ pub enum Command {
 #[derive(Debug, Clone, Parser)]
 pub struct DemoArgs {
     /// Where the demo sidecar listens for your app.
-    #[arg(long, env = "PIX_AUTH_PROXY_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_LISTEN",
+        default_value = "127.0.0.1:8080",
+        help_heading = "Listeners"
+    )]
     pub listen: SocketAddr,
 
     /// Health and metrics listener of the demo sidecar.
     #[arg(
         long,
         env = "PIX_AUTH_PROXY_ADMIN_LISTEN",
-        default_value = "127.0.0.1:9090"
+        default_value = "127.0.0.1:9090",
+        help_heading = "Listeners"
     )]
     pub admin_listen: SocketAddr,
 
     /// Lifetime of the mock PSP's tokens (short, to watch renewals).
-    #[arg(long, env = "PIX_AUTH_PROXY_DEMO_TOKEN_TTL", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "PIX_AUTH_PROXY_DEMO_TOKEN_TTL", default_value = "30s", value_parser = duration, help_heading = "PSP and token")]
     pub demo_token_ttl: Duration,
 
     /// Write the demo's CA, certificates, key and client secret to this directory.
-    #[arg(long, env = "PIX_AUTH_PROXY_WRITE_CERTS")]
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_WRITE_CERTS",
+        help_heading = "Client identity"
+    )]
     pub write_certs: Option<PathBuf>,
 
     /// Logging.
@@ -93,7 +103,12 @@ pub(crate) fn duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, Parser)]
 pub struct RunArgs {
     /// App-facing plaintext listener. A non-loopback address needs --allow-non-loopback.
-    #[arg(long, env = "PIX_AUTH_PROXY_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_LISTEN",
+        default_value = "127.0.0.1:8080",
+        help_heading = "Listeners"
+    )]
     pub listen: SocketAddr,
 
     /// Health and metrics listener (/livez, /readyz, /metrics); in Kubernetes use 0.0.0.0:9090
@@ -101,16 +116,26 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "PIX_AUTH_PROXY_ADMIN_LISTEN",
-        default_value = "127.0.0.1:9090"
+        default_value = "127.0.0.1:9090",
+        help_heading = "Listeners"
     )]
     pub admin_listen: SocketAddr,
 
     /// Allow --listen on a non-loopback address (anyone who reaches it can use your token).
-    #[arg(long, env = "PIX_AUTH_PROXY_ALLOW_NON_LOOPBACK")]
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_ALLOW_NON_LOOPBACK",
+        help_heading = "Listeners"
+    )]
     pub allow_non_loopback: bool,
 
     /// PSP preset for URLs and token-request style (`custom` needs --upstream and --token-url).
-    #[arg(long, env = "PIX_AUTH_PROXY_PROVIDER", default_value = "pagstar")]
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_PROVIDER",
+        default_value = "pagstar",
+        help_heading = "PSP and token"
+    )]
     pub provider: String,
 
     /// Which of the provider's environments: production or sandbox (homologação).
@@ -118,89 +143,190 @@ pub struct RunArgs {
         long,
         env = "PIX_AUTH_PROXY_ENVIRONMENT",
         value_enum,
-        default_value = "production"
+        default_value = "production",
+        help_heading = "PSP and token"
     )]
     pub environment: Environment,
 
     /// File holding the developer application key some PSPs want on every API call
     /// (Banco do Brasil: gw-dev-app-key).
-    #[arg(long, env = "PIX_AUTH_PROXY_DEVELOPER_KEY_FILE")]
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_DEVELOPER_KEY_FILE",
+        help_heading = "PSP and token"
+    )]
     pub developer_key_file: Option<PathBuf>,
 
     /// API base URL (https; may carry a path prefix). Default: the provider's.
-    #[arg(long, env = "PIX_AUTH_PROXY_UPSTREAM")]
+    #[arg(long, env = "PIX_AUTH_PROXY_UPSTREAM", help_heading = "PSP and token")]
     pub upstream: Option<String>,
 
     /// OAuth2 token endpoint (https). Default: the provider's.
-    #[arg(long, env = "PIX_AUTH_PROXY_TOKEN_URL")]
+    #[arg(long, env = "PIX_AUTH_PROXY_TOKEN_URL", help_heading = "PSP and token")]
     pub token_url: Option<String>,
 
     /// OAuth2 client id.
-    #[arg(long, env = "PIX_AUTH_PROXY_CLIENT_ID")]
+    #[arg(long, env = "PIX_AUTH_PROXY_CLIENT_ID", help_heading = "PSP and token")]
     pub client_id: Option<String>,
 
     /// File holding the client secret (or set PIX_AUTH_PROXY_CLIENT_SECRET).
-    #[arg(long, env = "PIX_AUTH_PROXY_CLIENT_SECRET_FILE")]
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CLIENT_SECRET_FILE",
+        help_heading = "PSP and token"
+    )]
     pub client_secret_file: Option<PathBuf>,
 
     /// Client authentication at the token endpoint. Default: the provider's (post).
-    #[arg(long, env = "PIX_AUTH_PROXY_CLIENT_AUTH", value_enum)]
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CLIENT_AUTH",
+        value_enum,
+        help_heading = "PSP and token"
+    )]
     pub client_auth: Option<ClientAuth>,
 
     /// Token request body encoding. Default: the provider's (form).
-    #[arg(long, env = "PIX_AUTH_PROXY_TOKEN_ENCODING", value_enum)]
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_TOKEN_ENCODING",
+        value_enum,
+        help_heading = "PSP and token"
+    )]
     pub token_encoding: Option<TokenEncoding>,
 
     /// Scopes to request, space-separated.
-    #[arg(long, env = "PIX_AUTH_PROXY_SCOPE")]
+    #[arg(long, env = "PIX_AUTH_PROXY_SCOPE", help_heading = "PSP and token")]
     pub scope: Option<String>,
 
     /// Client identity as PKCS#12 (.p12/.pfx), instead of --cert/--key; legacy RC2/3DES files work.
-    #[arg(long, env = "PIX_AUTH_PROXY_PKCS12", conflicts_with_all = ["cert", "key"])]
+    #[arg(long, env = "PIX_AUTH_PROXY_PKCS12", conflicts_with_all = ["cert", "key"], help_heading = "Client identity")]
     pub pkcs12: Option<PathBuf>,
 
     /// File holding the PKCS#12 password (or set PIX_AUTH_PROXY_PKCS12_PASSWORD; none: empty).
-    #[arg(long, env = "PIX_AUTH_PROXY_PKCS12_PASSWORD_FILE")]
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_PKCS12_PASSWORD_FILE",
+        help_heading = "Client identity"
+    )]
     pub pkcs12_password_file: Option<PathBuf>,
 
     /// PEM client certificate chain, leaf first.
-    #[arg(long, env = "PIX_AUTH_PROXY_CERT")]
+    #[arg(long, env = "PIX_AUTH_PROXY_CERT", help_heading = "Client identity")]
     pub cert: Option<PathBuf>,
 
     /// PEM private key of the client certificate (PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, env = "PIX_AUTH_PROXY_KEY")]
+    #[arg(long, env = "PIX_AUTH_PROXY_KEY", help_heading = "Client identity")]
     pub key: Option<PathBuf>,
 
     /// Extra PEM trust anchors for the PSP's server certificates (added to the system roots).
-    #[arg(long, env = "PIX_AUTH_PROXY_CA")]
+    #[arg(long, env = "PIX_AUTH_PROXY_CA", help_heading = "PSP and token")]
     pub ca: Option<PathBuf>,
 
     /// Never negotiate HTTP/2 with the PSP.
-    #[arg(long, env = "PIX_AUTH_PROXY_UPSTREAM_HTTP1_ONLY")]
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_UPSTREAM_HTTP1_ONLY",
+        help_heading = "PSP and token"
+    )]
     pub upstream_http1_only: bool,
 
     /// Shared token cache for many replicas: redis:// or rediss:// URL (may hold the password;
-    /// prefer the env variable from a Secret). Requires --cache-key-file.
-    #[arg(long, env = "PIX_AUTH_PROXY_CACHE", hide_env_values = true, value_parser = secret)]
-    pub cache: Option<SecretString>,
+    /// prefer the env variable from a Secret). Requires --cache-key-file. Repeat it (or
+    /// separate by commas) for cluster seed nodes or sentinels.
+    #[arg(long, env = "PIX_AUTH_PROXY_CACHE", hide_env_values = true, value_parser = secret, value_delimiter = ',', help_heading = "Shared cache")]
+    pub cache: Vec<SecretString>,
+
+    /// How the cache is deployed: one primary behind one name (a DNS failover is followed),
+    /// a Redis Cluster (--cache: seed nodes), or Sentinel (--cache: the sentinels).
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_MODE",
+        value_enum,
+        default_value = "standalone",
+        help_heading = "Shared cache"
+    )]
+    pub cache_mode: CacheModeArg,
+
+    /// ACL user of the cache's data nodes (its password: --cache-password-file).
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_USERNAME",
+        help_heading = "Shared cache"
+    )]
+    pub cache_username: Option<String>,
+
+    /// Prefix of every key and channel, so that an ACL can confine the sidecar to ~prefix*.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_KEY_PREFIX",
+        help_heading = "Shared cache"
+    )]
+    pub cache_key_prefix: Option<String>,
+
+    /// Sentinel mode: the name of the master the sentinels monitor.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_SENTINEL_MASTER",
+        help_heading = "Shared cache"
+    )]
+    pub cache_sentinel_master: Option<String>,
+
+    /// Sentinel mode: the sentinels' ACL user, when it differs from the data nodes' (none).
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_SENTINEL_USERNAME",
+        help_heading = "Shared cache"
+    )]
+    pub cache_sentinel_username: Option<String>,
+
+    /// Sentinel mode: file holding the sentinels' password (they often have none, or not the
+    /// data nodes').
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_SENTINEL_PASSWORD_FILE",
+        help_heading = "Shared cache"
+    )]
+    pub cache_sentinel_password_file: Option<PathBuf>,
+
+    /// Sentinel mode: whether the data nodes the sentinels name speak TLS: `same` as the
+    /// sentinels (the scheme of --cache), `on` or `off`; --cache-ca and --cache-client-cert
+    /// serve both.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_DATA_TLS",
+        value_enum,
+        default_value = "same",
+        help_heading = "Shared cache"
+    )]
+    pub cache_data_tls: DataTlsArg,
 
     /// 32-byte key (raw or Base64) encrypting cached tokens; the same on every replica.
-    #[arg(long, env = "PIX_AUTH_PROXY_CACHE_KEY_FILE")]
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_KEY_FILE",
+        help_heading = "Shared cache"
+    )]
     pub cache_key_file: Option<PathBuf>,
 
     /// File holding the Redis password (instead of putting it in the URL).
-    #[arg(long, env = "PIX_AUTH_PROXY_CACHE_PASSWORD_FILE")]
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_CACHE_PASSWORD_FILE",
+        help_heading = "Shared cache"
+    )]
     pub cache_password_file: Option<PathBuf>,
 
     /// PEM CA for a rediss:// cache (default: system roots).
-    #[arg(long, env = "PIX_AUTH_PROXY_CACHE_CA")]
+    #[arg(long, env = "PIX_AUTH_PROXY_CACHE_CA", help_heading = "Shared cache")]
     pub cache_ca: Option<PathBuf>,
 
     /// PEM client certificate for a rediss:// cache that requires one.
     #[arg(
         long,
         env = "PIX_AUTH_PROXY_CACHE_CLIENT_CERT",
-        requires = "cache_client_key"
+        requires = "cache_client_key",
+        help_heading = "Shared cache"
     )]
     pub cache_client_cert: Option<PathBuf>,
 
@@ -208,67 +334,244 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "PIX_AUTH_PROXY_CACHE_CLIENT_KEY",
-        requires = "cache_client_cert"
+        requires = "cache_client_cert",
+        help_heading = "Shared cache"
     )]
     pub cache_client_key: Option<PathBuf>,
 
     /// Bound on every call to the shared cache; past it the sidecar fetches locally.
-    #[arg(long, env = "PIX_AUTH_PROXY_CACHE_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    #[arg(long, env = "PIX_AUTH_PROXY_CACHE_TIMEOUT", default_value = "500ms", value_parser = duration, help_heading = "Shared cache")]
     pub cache_timeout: Duration,
 
     /// How often the certificate, key, CA and secret files are checked for changes (a change,
     /// or SIGHUP, loads them as a new identity without dropping a request).
-    #[arg(long, env = "PIX_AUTH_PROXY_RELOAD_INTERVAL", default_value = "2s", value_parser = duration)]
+    #[arg(long, env = "PIX_AUTH_PROXY_RELOAD_INTERVAL", default_value = "2s", value_parser = duration, help_heading = "Client identity")]
     pub reload_interval: Duration,
 
     /// Start renewing at this fraction of the token lifetime (±10% jitter).
-    #[arg(long, env = "PIX_AUTH_PROXY_REFRESH_RATIO", default_value_t = 0.66)]
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_REFRESH_RATIO",
+        default_value_t = 0.66,
+        help_heading = "PSP and token"
+    )]
     pub refresh_ratio: f64,
 
     /// Never inject a token with less than this left.
-    #[arg(long, env = "PIX_AUTH_PROXY_EXPIRY_MARGIN", default_value = "15s", value_parser = duration)]
+    #[arg(long, env = "PIX_AUTH_PROXY_EXPIRY_MARGIN", default_value = "15s", value_parser = duration, help_heading = "PSP and token")]
     pub expiry_margin: Duration,
 
     /// TCP connect timeout towards the PSP.
-    #[arg(long, env = "PIX_AUTH_PROXY_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "PIX_AUTH_PROXY_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration, help_heading = "Timeouts and limits")]
     pub connect_timeout: Duration,
 
     /// Time allowed for the PSP's response headers to an API request.
-    #[arg(long, env = "PIX_AUTH_PROXY_REQUEST_TIMEOUT", default_value = "60s", value_parser = duration)]
+    #[arg(long, env = "PIX_AUTH_PROXY_REQUEST_TIMEOUT", default_value = "60s", value_parser = duration, help_heading = "Timeouts and limits")]
     pub request_timeout: Duration,
 
-    /// Time allowed for a whole token request; also how long a request waits for a token.
-    #[arg(long, env = "PIX_AUTH_PROXY_TOKEN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    /// Time allowed for a whole token request.
+    #[arg(long, env = "PIX_AUTH_PROXY_TOKEN_TIMEOUT", default_value = "10s", value_parser = duration, help_heading = "Timeouts and limits")]
     pub token_timeout: Duration,
 
+    /// How long an app request waits for a usable token (cold start, outage) before its 503;
+    /// shorter than a typical client timeout. A failed renewal attempt ends the wait at once.
+    #[arg(long, env = "PIX_AUTH_PROXY_TOKEN_WAIT", default_value = "3s", value_parser = duration, help_heading = "Timeouts and limits")]
+    pub token_wait: Duration,
+
     /// On SIGTERM/SIGINT, keep serving this long with /readyz at 503 before draining.
-    #[arg(long, env = "PIX_AUTH_PROXY_SHUTDOWN_DELAY", default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "PIX_AUTH_PROXY_SHUTDOWN_DELAY", default_value = "5s", value_parser = duration, help_heading = "Listeners")]
     pub shutdown_delay: Duration,
 
     /// Then, how long in-flight requests may take to finish.
-    #[arg(long, env = "PIX_AUTH_PROXY_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "PIX_AUTH_PROXY_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration, help_heading = "Listeners")]
     pub shutdown_timeout: Duration,
 
     /// Runtime worker threads; 0 = the CPUs this process may use (cgroup limits included).
     /// With 1, a single-threaded runtime without work-stealing overhead is used.
-    #[arg(long, env = "PIX_AUTH_PROXY_WORKER_THREADS", default_value_t = 0)]
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_WORKER_THREADS",
+        default_value_t = 0,
+        help_heading = "Listeners"
+    )]
     pub worker_threads: usize,
 
     /// Connections from the app served at once (further ones wait).
-    #[arg(long, env = "PIX_AUTH_PROXY_MAX_CONNECTIONS", default_value_t = 1024)]
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_MAX_CONNECTIONS",
+        default_value_t = 1024,
+        help_heading = "Timeouts and limits"
+    )]
     pub max_connections: usize,
 
-    /// Time a client may take to send a request's headers (slow clients are cut off).
-    #[arg(long, env = "PIX_AUTH_PROXY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    /// Time a new app connection may take to send a complete request head (HTTP/1.1), or
+    /// the HTTP/2 preface, SETTINGS and a first request (h2c); slow or silent clients are
+    /// cut off.
+    #[arg(long, env = "PIX_AUTH_PROXY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration, help_heading = "Timeouts and limits")]
     pub header_read_timeout: Duration,
 
+    /// An app connection with no request in flight and no bytes moving for this long is
+    /// closed (h2c: GOAWAY first); this also bounds a client that stops reading a response.
+    #[arg(long, env = "PIX_AUTH_PROXY_IDLE_TIMEOUT", default_value = "60s", value_parser = duration, help_heading = "Timeouts and limits")]
+    pub idle_timeout: Duration,
+
     /// Largest request head accepted from the app, in bytes.
-    #[arg(long, env = "PIX_AUTH_PROXY_MAX_HEADER_BYTES", default_value_t = 65536)]
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_MAX_HEADER_BYTES",
+        default_value_t = 65536,
+        help_heading = "Timeouts and limits"
+    )]
     pub max_header_bytes: usize,
+
+    /// PSP-facing mTLS listener for webhooks (off unless given). It faces the PSP, so a
+    /// public address (0.0.0.0:8443) is expected; it never forwards an unauthenticated caller.
+    #[arg(long, env = "PIX_AUTH_PROXY_WEBHOOK_LISTEN", help_heading = "Webhooks")]
+    pub webhook_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain the PSP sees on the webhook listener (leaf first).
+    #[arg(long, env = "PIX_AUTH_PROXY_WEBHOOK_CERT", help_heading = "Webhooks")]
+    pub webhook_cert: Option<PathBuf>,
+
+    /// PEM private key of --webhook-cert.
+    #[arg(long, env = "PIX_AUTH_PROXY_WEBHOOK_KEY", help_heading = "Webhooks")]
+    pub webhook_key: Option<PathBuf>,
+
+    /// Webhook server identity as PKCS#12, instead of --webhook-cert/--webhook-key.
+    #[arg(long, env = "PIX_AUTH_PROXY_WEBHOOK_PKCS12", conflicts_with_all = ["webhook_cert", "webhook_key"], help_heading = "Webhooks")]
+    pub webhook_pkcs12: Option<PathBuf>,
+
+    /// File holding the password of --webhook-pkcs12 (none: empty password).
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_WEBHOOK_PKCS12_PASSWORD_FILE",
+        help_heading = "Webhooks"
+    )]
+    pub webhook_pkcs12_password_file: Option<PathBuf>,
+
+    /// PEM CA bundle that issues the PSP's client certificate; repeat for several bundles
+    /// (e.g. production and homologação chains), no concatenation needed.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_WEBHOOK_CLIENT_CA",
+        value_delimiter = ',',
+        help_heading = "Webhooks"
+    )]
+    pub webhook_client_ca: Vec<PathBuf>,
+
+    /// Accept only callers whose certificate subject DN or CN equals this; repeatable.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_WEBHOOK_ALLOW_SUBJECT",
+        help_heading = "Webhooks"
+    )]
+    pub webhook_allow_subject: Vec<String>,
+
+    /// Accept only callers whose leaf public key (SHA-256 of the SubjectPublicKeyInfo, hex or
+    /// Base64) is this; repeatable.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_WEBHOOK_ALLOW_SPKI",
+        value_delimiter = ',',
+        help_heading = "Webhooks"
+    )]
+    pub webhook_allow_spki: Vec<String>,
+
+    /// The path the webhook URL was registered with; /pix, /rec and /cobr follow it.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_WEBHOOK_PATH",
+        default_value = "/",
+        help_heading = "Webhooks"
+    )]
+    pub webhook_path: String,
+
+    /// The app's plain-HTTP endpoint that receives the notifications (loopback unless
+    /// --allow-non-loopback).
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_WEBHOOK_FORWARD",
+        help_heading = "Webhooks"
+    )]
+    pub webhook_forward: Option<String>,
+
+    /// Time allowed for the app to answer a forwarded notification (then 503: the PSP retries).
+    #[arg(long, env = "PIX_AUTH_PROXY_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = duration, help_heading = "Webhooks")]
+    pub webhook_timeout: Duration,
+
+    /// Largest notification body accepted, in bytes (larger: 413).
+    #[arg(long, env = "PIX_AUTH_PROXY_WEBHOOK_MAX_BODY", default_value_t = 1024 * 1024, help_heading = "Webhooks")]
+    pub webhook_max_body: usize,
+
+    /// Confirm each notified Pix with the PSP (GET /pix/{endToEndId}) before the app trusts it:
+    /// `on` marks X-Pix-Webhook-Verified, `require` also drops unconfirmed ones.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_WEBHOOK_VERIFY",
+        value_enum,
+        default_value = "off",
+        help_heading = "Webhooks"
+    )]
+    pub webhook_verify: WebhookVerify,
+
+    /// For PSPs that call without a client certificate (Efí's "skip mTLS"): a file holding the
+    /// secret the registered URL carries as `?hmac=`; callers without it get 403.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_WEBHOOK_URL_SECRET_FILE",
+        help_heading = "Webhooks"
+    )]
+    pub webhook_url_secret_file: Option<PathBuf>,
+
+    /// Accept webhook callers only from this network (CIDR, e.g. 203.0.113.0/24); repeatable.
+    #[arg(
+        long,
+        env = "PIX_AUTH_PROXY_WEBHOOK_ALLOW_IP",
+        value_delimiter = ',',
+        help_heading = "Webhooks"
+    )]
+    pub webhook_allow_ip: Vec<String>,
 
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// `--webhook-verify`: whether notified Pix are confirmed with the PSP before forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum WebhookVerify {
+    /// Forward as received.
+    #[default]
+    Off,
+    /// Look each Pix up and set `X-Pix-Webhook-Verified: true|false`.
+    On,
+    /// As `on`, and drop (200, WARN) a notification that is not confirmed.
+    Require,
+}
+
+/// `--cache-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CacheModeArg {
+    /// One primary (a DNS failover is followed).
+    #[default]
+    Standalone,
+    /// Redis Cluster.
+    Cluster,
+    /// Redis Sentinel.
+    Sentinel,
+}
+
+/// `--cache-data-tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DataTlsArg {
+    /// As the sentinels: `rediss://` sentinels, TLS data nodes.
+    #[default]
+    Same,
+    /// TLS to the data nodes, whatever the sentinels speak.
+    On,
+    /// Plain TCP to the data nodes, whatever the sentinels speak.
+    Off,
 }
 
 /// Logging flags, shared by every subcommand.
@@ -279,11 +582,12 @@ pub struct LogArgs {
         long,
         env = "PIX_AUTH_PROXY_LOG_FORMAT",
         value_enum,
-        default_value = "text"
+        default_value = "text",
+        help_heading = "Logging"
     )]
     pub log_format: LogFormat,
 
     /// Log filter (e.g. info, debug, pix_auth_proxy=debug). Default: RUST_LOG, else info.
-    #[arg(long, env = "PIX_AUTH_PROXY_LOG_LEVEL")]
+    #[arg(long, env = "PIX_AUTH_PROXY_LOG_LEVEL", help_heading = "Logging")]
     pub log_level: Option<String>,
 }

@@ -22,26 +22,7 @@ use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tower_service::Service as _;
 
-/// Connection settings shared by the API and token clients.
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    /// TCP connect timeout (TLS handshake is bounded by the request timeout).
-    pub connect_timeout: Duration,
-    /// Negotiate only HTTP/1.1 (for gateways that mishandle h2).
-    pub http1_only: bool,
-    /// How long an idle pooled connection is kept.
-    pub pool_idle_timeout: Duration,
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(5),
-            http1_only: false,
-            pool_idle_timeout: Duration::from_secs(90),
-        }
-    }
-}
+pub use crate::config::ClientOptions;
 
 /// A pooled HTTPS-only client presenting the identity in `tls` (ALPN decides the protocol).
 pub fn https_client<B>(

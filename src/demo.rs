@@ -3,6 +3,9 @@
 //! checked, short-lived tokens, Pix-shaped endpoints) and the sidecar in front of it.
 //!
 //! Owns: wiring the sandbox to a sidecar and the banner with ready-to-paste `curl` lines.
+//! Both directions run: the app calls the PSP through the sidecar, and a simulated payment
+//! (`POST /cob/{txid}/pay`) makes the mock PSP call the sidecar's webhook listener over mTLS,
+//! which hands the notification to a tiny app endpoint that logs it.
 //! Writes nothing to disk unless asked (`--write-certs`).
 
 use std::future::Future;
@@ -15,8 +18,8 @@ use http::Uri;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, IdentitySource};
-use crate::sandbox::{Leaf, MockPsp, Pki, PspSettings};
+use crate::config::{Config, IdentitySource, WebhookConfig};
+use crate::sandbox::{Leaf, MockPsp, Pki, PspSettings, WebhookTarget};
 use crate::sidecar::{Sidecar, StartError};
 use crate::tls::Identity;
 use crate::token::endpoint::{ClientAuth, TokenEncoding, TokenRequest};
@@ -103,16 +106,20 @@ impl Demo {
         if let Some(dir) = &opts.write_certs {
             write_certs(dir, &pki, &server, &client, &settings.client_secret)?;
         }
-        let identity = Identity::from_der(
-            vec![client.cert_der.clone()],
-            client.key_der(),
-            Path::new("<demo client certificate>"),
-            Path::new("<demo client key>"),
-        )
-        .map_err(|source| StartError::Tls {
-            flag: "demo",
-            source,
-        })?;
+        let loaded = |leaf: &Leaf, what: &str| {
+            Identity::from_der(
+                vec![leaf.cert_der.clone()],
+                leaf.key_der(),
+                Path::new(&format!("<demo {what} certificate>")),
+                Path::new(&format!("<demo {what} key>")),
+            )
+            .map(Arc::new)
+            .map_err(|source| StartError::Tls {
+                flag: "demo",
+                source,
+            })
+        };
+        let identity = loaded(&client, "client")?;
         let local = listener
             .local_addr()
             .map_err(io("read the listener address"))?;
@@ -129,18 +136,55 @@ impl Demo {
             scope: Some("cob.write cob.read pix.read".into()),
             grant_type_in_query: false,
         };
-        let mut config = Config::with_defaults(
-            local,
-            upstream,
-            token,
-            IdentitySource::Loaded(Arc::new(identity)),
-        );
+        let mut config =
+            Config::with_defaults(local, upstream, token, IdentitySource::Loaded(identity));
         config.extra_roots.push(pki.ca_der().clone());
         config.refresh.expiry_margin = Duration::from_secs(5);
-        let sidecar = Sidecar::new(config)?;
+
+        // The inbound direction: the mock PSP's webhook certificate, the sidecar's webhook
+        // listener, and an app endpoint that logs what it receives.
+        let app_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(io("bind the demo app on 127.0.0.1"))?;
+        let app_addr = app_listener
+            .local_addr()
+            .map_err(io("read the demo app address"))?;
+        tokio::spawn(demo_app(app_listener));
+        let webhook_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(io("bind the webhook listener on 127.0.0.1"))?;
+        let webhook_addr = webhook_listener
+            .local_addr()
+            .map_err(io("read the webhook listener address"))?;
+        let mut webhook = WebhookConfig::with_defaults(
+            webhook_addr,
+            IdentitySource::Loaded(loaded(&pki.server()?, "webhook server")?),
+            vec![pki.ca_der().clone()],
+            format!("http://{app_addr}/pix-webhook")
+                .parse()
+                .expect("app URL is valid"),
+        );
+        webhook.allow_subject = vec![PSP_WEBHOOK_CN.into()];
+        webhook.verify = crate::cli::WebhookVerify::On;
+        config.webhook = Some(webhook);
+        let psp_webhook = pki.client(PSP_WEBHOOK_CN)?;
+        let target = WebhookTarget::new(
+            &format!("https://{webhook_addr}"),
+            &psp_webhook,
+            pki.ca_der(),
+        )
+        .map_err(|source| StartError::Tls {
+            flag: "demo",
+            source,
+        })?;
+        psp.set_webhook(target);
+
+        let mut sidecar = Sidecar::new(config)?;
+        sidecar.set_webhook_listener(webhook_listener);
         let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
         let banner = banner(
             local,
+            webhook_addr,
             admin_addr,
             &psp,
             &settings,
@@ -208,8 +252,55 @@ fn write_certs(
 /// A txid in the BCB format (26–35 alphanumerics).
 const DEMO_TXID: &str = "DEMO0000000000000000000000001";
 
+/// The subject CN of the mock PSP's webhook client certificate (the demo pins it).
+const PSP_WEBHOOK_CN: &str = "webhook.mock-psp.local";
+
+/// The tiny app endpoint of the demo: logs every notification the sidecar forwards.
+async fn demo_app(listener: TcpListener) {
+    use http_body_util::BodyExt;
+    while let Ok((tcp, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let h = |name: &str| {
+                        parts
+                            .headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_owned()
+                    };
+                    tracing::info!(
+                        event = "demo_app_received",
+                        webhook_event = %h("x-pix-webhook-event"),
+                        verified = %h("x-pix-webhook-verified"),
+                        caller = %h("x-client-cert-subject"),
+                        request_id = %h("x-request-id"),
+                        body = %String::from_utf8_lossy(&body),
+                        "demo app: webhook notification received"
+                    );
+                    let mut resp =
+                        http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                    *resp.status_mut() = http::StatusCode::NO_CONTENT;
+                    Ok::<_, std::convert::Infallible>(resp)
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
 fn banner(
     local: SocketAddr,
+    webhook: SocketAddr,
     admin: Option<SocketAddr>,
     psp: &MockPsp,
     settings: &PspSettings,
@@ -234,13 +325,19 @@ pix-auth-proxy demo — everything runs in this process; nothing is written to d
   mock PSP (mTLS only):  {psp_url}   token endpoint {token_url}
   tokens live {ttl}s and are renewed before they expire (watch the log)
   sidecar for your app:  {app}   (plain HTTP: no certificate, no token on your side)
+  webhook listener:      https://{webhook}   (the mock PSP calls it with its client certificate)
   equivalent flags:      --provider custom --upstream {psp_url} --token-url {token_url} --client-id {id} --client-auth post --token-encoding form
 {files}
 Try it:
   curl -s -X PUT {app}/cob/{txid} -H 'content-type: application/json' -d '{{\"calendario\":{{\"expiracao\":3600}},\"valor\":{{\"original\":\"12.34\"}},\"chave\":\"contato@example.com\"}}'
   curl -s {app}/cob/{txid}
+  curl -s -X POST {app}/cob/{txid}/pay
   curl -s '{app}/pix?inicio=2026-01-01T00:00:00Z&fim=2026-12-31T23:59:59Z'
   curl -s {app}/echo
+
+The POST …/pay line pays the charge: the mock PSP records the Pix and calls the webhook over
+mTLS; the sidecar checks its certificate, confirms the Pix with the PSP and forwards it to
+the demo app, which logs `demo_app_received` (event pix, verified true).
 {admin}
 Ctrl-C stops.
 ",

@@ -97,6 +97,10 @@ impl Generation {
             cell.clone(),
             config.refresh.clone(),
             metrics.clone(),
+        )
+        .with_certificate(
+            identity.info().subject.clone(),
+            identity.info().issuer.clone(),
         );
         if let Some(cache) = &config.cache {
             let key = crate::token::cache::cache_key(

@@ -3,14 +3,18 @@
 //!
 //! A request travels through the modules in this order:
 //!
-//! - [`server`]: accepts the app's plaintext connections (HTTP/1.1 and h2c) and drains them
-//!   on shutdown.
+//! - [`server`]: accepts the app's plaintext connections (HTTP/1.1 and h2c), bounds each
+//!   one ([`server::watchdog`]: a first request in time, an idle limit) and drains them on
+//!   shutdown; the webhook listener shares its accept loop and bounds.
 //! - [`proxy`]: checks the target, rewrites the request (URI, `Host`, hop-by-hop headers,
 //!   `Authorization`), sends it upstream, replays it once on a 401, and turns the sidecar's own
 //!   failures into RFC 9457 problem bodies.
 //! - [`token`]: the lock-free [`token::TokenCell`] the proxy reads, and the refresher task —
 //!   the only code that calls the token endpoint.
 //! - [`tls`]: the client identity and trust anchors behind every upstream connection.
+//!
+//! The inbound direction has its own module: [`webhook`] terminates the PSP's mTLS webhook
+//! calls, checks who is calling and hands the notification to the app over plain HTTP.
 //!
 //! Around them: [`cli`] and [`config`] turn flags into a validated [`config::Config`],
 //! [`sidecar`] wires the pieces together, [`telemetry`] sets up logs and redaction, and
@@ -38,3 +42,4 @@ pub mod sidecar;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod webhook;

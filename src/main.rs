@@ -110,17 +110,18 @@ fn run(args: RunArgs) -> ExitCode {
         return code;
     }
     for w in &config.warnings {
-        tracing::warn!(event = "insecure_file_mode", "{w}");
+        tracing::warn!(event = "config_warning", "{w}");
     }
     let listen = config.listen;
     let admin_listen = config.admin_listen;
+    let webhook_listen = config.webhook.as_ref().map(|w| w.listen);
     let runtime = match runtime(args.worker_threads) {
         Ok(r) => r,
         Err(code) => return code,
     };
     // Clients (the shared cache's included) are built inside the runtime's context.
     let _context = runtime.enter();
-    let sidecar = match Sidecar::new(config) {
+    let mut sidecar = match Sidecar::new(config) {
         Ok(s) => s,
         Err(e) => return bad_input(&e),
     };
@@ -136,6 +137,12 @@ fn run(args: RunArgs) -> ExitCode {
             },
             None => None,
         };
+        if let Some(addr) = webhook_listen {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => sidecar.set_webhook_listener(l),
+                Err(e) => return bad_input(&format!("--webhook-listen {addr}: {e}")),
+            }
+        }
         let trigger = sidecar.reload_trigger();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};

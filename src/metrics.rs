@@ -30,6 +30,7 @@ pub struct Metrics {
     by_class: [Counter; 6],
     latency: Histogram,
     upstream_errors: Family<Labels1, Counter>,
+    downstream_errors: Family<Labels1, Counter>,
     token_fetch: Family<Labels2, Counter>,
     token_expiry: Gauge<f64, AtomicU64>,
     token_valid: Gauge,
@@ -40,8 +41,13 @@ pub struct Metrics {
     cache_ops: Family<Labels2, Counter>,
     cache_lock: Family<Labels1, Counter>,
     cache_decrypt_failures: Counter,
+    cache_reconnects: Family<Labels1, Counter>,
+    cache_primary: Family<Vec<(&'static str, String)>, Gauge>,
     cert_expiry: Gauge<f64, AtomicU64>,
     tls_reload: Family<Labels1, Counter>,
+    webhook_requests: Family<Labels1, Counter>,
+    webhook_latency: Histogram,
+    webhook_cert_expiry: Gauge<f64, AtomicU64>,
     fetch_spike: Burst,
     unauthorized_burst: Burst,
 }
@@ -81,8 +87,14 @@ impl Metrics {
         let upstream_errors = Family::<Labels1, Counter>::default();
         registry.register(
             "upstream_errors",
-            "Requests the sidecar answered itself, by problem type",
+            "Requests the sidecar answered itself because of the PSP or its token endpoint, by problem type",
             upstream_errors.clone(),
+        );
+        let downstream_errors = Family::<Labels1, Counter>::default();
+        registry.register(
+            "downstream_errors",
+            "Requests the sidecar refused because of the app's own request, by problem type",
+            downstream_errors.clone(),
         );
         let token_fetch = Family::<Labels2, Counter>::default();
         registry.register(
@@ -144,6 +156,18 @@ impl Metrics {
             "Shared cache values that failed to decrypt (tampering or wrong key)",
             cache_decrypt_failures.clone(),
         );
+        let cache_reconnects = Family::<Labels1, Counter>::default();
+        registry.register(
+            "cache_reconnects",
+            "Shared cache connections rebuilt, by reason (readonly, masterdown, loading, timeout, disconnected, switch_master)",
+            cache_reconnects.clone(),
+        );
+        let cache_primary = Family::<Vec<(&'static str, String)>, Gauge>::default();
+        registry.register(
+            "cache_primary",
+            "1 for the cache mode and the node this replica writes to now (cluster: its seeds)",
+            cache_primary.clone(),
+        );
         let cert_expiry = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "client_cert_expiry_timestamp_seconds",
@@ -156,11 +180,31 @@ impl Metrics {
             "Identity reloads by result",
             tls_reload.clone(),
         );
+        let webhook_requests = Family::<Labels1, Counter>::default();
+        registry.register(
+            "webhook_requests",
+            "Webhook calls from the PSP by result (forwarded, no_cert, untrusted, identity_mismatch, forbidden, bad_request, app_error, app_timeout; verified/unverified for --webhook-verify)",
+            webhook_requests.clone(),
+        );
+        let webhook_latency = Histogram::new(LATENCY_BUCKETS);
+        registry.register_with_unit(
+            "webhook_request_duration",
+            "Time from a webhook call's request head to the answer to the PSP",
+            Unit::Seconds,
+            webhook_latency.clone(),
+        );
+        let webhook_cert_expiry = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "webhook_server_cert_expiry_timestamp_seconds",
+            "Unix time at which the webhook listener's server certificate expires",
+            webhook_cert_expiry.clone(),
+        );
         Self {
             registry,
             by_class,
             latency,
             upstream_errors,
+            downstream_errors,
             token_fetch,
             token_expiry,
             token_valid,
@@ -171,11 +215,33 @@ impl Metrics {
             cache_ops,
             cache_lock,
             cache_decrypt_failures,
+            cache_reconnects,
+            cache_primary,
             cert_expiry,
             tls_reload,
+            webhook_requests,
+            webhook_latency,
+            webhook_cert_expiry,
             fetch_spike: Burst::new(10, Duration::from_secs(60)),
             unauthorized_burst: Burst::new(20, Duration::from_secs(10)),
         }
+    }
+
+    /// Count one webhook call by result (a fixed set of labels, see the metric's help).
+    pub fn webhook_request(&self, result: &'static str) {
+        self.webhook_requests
+            .get_or_create(&[("result", result)])
+            .inc();
+    }
+
+    /// Record the time a webhook call took.
+    pub fn webhook_duration(&self, elapsed: Duration) {
+        self.webhook_latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// The webhook server certificate's end of validity.
+    pub fn set_webhook_cert_expiry(&self, not_after: SystemTime) {
+        self.webhook_cert_expiry.set(unix(not_after));
     }
 
     /// Record one app request.
@@ -189,9 +255,16 @@ impl Metrics {
         self.latency.observe(elapsed.as_secs_f64());
     }
 
-    /// A request the sidecar answered itself, labelled by problem slug.
+    /// A request the sidecar answered itself because of the PSP side, by problem slug.
     pub fn upstream_error(&self, kind: &'static str) {
         self.upstream_errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    /// A request the sidecar refused because of the app's own request, by problem slug.
+    pub fn downstream_error(&self, kind: &'static str) {
+        self.downstream_errors
+            .get_or_create(&[("kind", kind)])
+            .inc();
     }
 
     /// A successful token fetch.
@@ -269,6 +342,21 @@ impl Metrics {
     /// A shared-cache lock attempt.
     pub fn cache_lock(&self, result: &'static str) {
         self.cache_lock.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// A shared-cache connection rebuilt, and why.
+    pub fn cache_reconnect(&self, reason: &'static str) {
+        self.cache_reconnects
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// The shared cache now writes to `addr` (in `mode`): the one series, set to 1.
+    pub fn set_cache_primary(&self, mode: &'static str, addr: &str) {
+        self.cache_primary.clear();
+        self.cache_primary
+            .get_or_create(&vec![("mode", mode.to_owned()), ("addr", addr.to_owned())])
+            .set(1);
     }
 
     /// A shared-cache value that failed to decrypt.

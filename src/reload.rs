@@ -5,7 +5,9 @@
 //! forced reloads, and the swap itself: a new [`Generation`] is built, its first token is
 //! fetched with the new certificate, and only then does it replace the current one. A new
 //! identity that fails to load, validate or obtain a token leaves the old one serving.
+//! The same poller ([`on_change`]) watches the webhook listener's identity and CA files.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -48,14 +50,22 @@ impl Snapshot {
     }
 }
 
-/// Watch the files named by `config` and swap in a new generation when they change or when
-/// `trigger` is notified. Runs until dropped.
-pub async fn watch(config: Config, current: Current, metrics: Arc<Metrics>, trigger: Arc<Notify>) {
-    let files = config.watched_files();
+/// Poll `files` every `interval` (and at once when `trigger` is notified), calling
+/// `changed(forced)` after each change. Shared by the client identity and the webhook
+/// listener's identity and CAs. Runs until dropped.
+pub async fn on_change<F, Fut>(
+    files: Vec<PathBuf>,
+    interval: Duration,
+    trigger: Arc<Notify>,
+    mut changed: F,
+) where
+    F: FnMut(bool) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let mut seen = Snapshot::take(&files);
     loop {
         let forced = tokio::select! {
-            _ = tokio::time::sleep(config.reload_interval) => false,
+            _ = tokio::time::sleep(interval) => false,
             _ = trigger.notified() => true,
         };
         let now = Snapshot::take(&files);
@@ -64,36 +74,56 @@ pub async fn watch(config: Config, current: Current, metrics: Arc<Metrics>, trig
         }
         // A half-written update is retried at the next change, not in a loop.
         seen = now;
-        let number = current.load().number + 1;
-        tracing::info!(
-            event = "reload_started",
-            generation = number,
-            forced,
-            "identity files changed; loading them"
-        );
-        match next_generation(&config, number, &metrics).await {
-            Ok(generation) => {
-                let info = generation.identity.info().clone();
-                let old = current.swap(Arc::new(generation));
-                metrics.tls_reload("success");
-                tracing::info!(
-                    event = "reload_succeeded",
-                    generation = number,
-                    cert_subject = %info.subject,
-                    cert_not_after = %crate::tls::rfc3339(info.not_after),
-                    previous_subject = %old.identity.info().subject,
-                    "new identity in use; requests in flight finish on the previous one"
-                );
-            }
-            Err(reason) => {
-                metrics.tls_reload("failure");
-                tracing::error!(
-                    event = "reload_failed",
-                    generation = number,
-                    error = %reason,
-                    "the new identity is not usable; still serving with the previous one (retried on the next change)"
-                );
-            }
+        changed(forced).await;
+    }
+}
+
+/// Watch the files named by `config` and swap in a new generation when they change or when
+/// `trigger` is notified. Runs until dropped.
+pub async fn watch(config: Config, current: Current, metrics: Arc<Metrics>, trigger: Arc<Notify>) {
+    let files = config.watched_files();
+    let interval = config.reload_interval;
+    on_change(files, interval, trigger, |forced| {
+        reload_generation(&config, &current, &metrics, forced)
+    })
+    .await;
+}
+
+async fn reload_generation(
+    config: &Config,
+    current: &Current,
+    metrics: &Arc<Metrics>,
+    forced: bool,
+) {
+    let number = current.load().number + 1;
+    tracing::info!(
+        event = "reload_started",
+        generation = number,
+        forced,
+        "identity files changed; loading them"
+    );
+    match next_generation(config, number, metrics).await {
+        Ok(generation) => {
+            let info = generation.identity.info().clone();
+            let old = current.swap(Arc::new(generation));
+            metrics.tls_reload("success");
+            tracing::info!(
+                event = "reload_succeeded",
+                generation = number,
+                cert_subject = %info.subject,
+                cert_not_after = %crate::tls::rfc3339(info.not_after),
+                previous_subject = %old.identity.info().subject,
+                "new identity in use; requests in flight finish on the previous one"
+            );
+        }
+        Err(reason) => {
+            metrics.tls_reload("failure");
+            tracing::error!(
+                event = "reload_failed",
+                generation = number,
+                error = %reason,
+                "the new identity is not usable; still serving with the previous one (retried on the next change)"
+            );
         }
     }
 }

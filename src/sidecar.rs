@@ -23,6 +23,7 @@ use crate::proxy::{Proxy, UpstreamTarget};
 use crate::server::ServerOptions;
 use crate::tls::TlsError;
 use crate::token::Refresher;
+use crate::webhook::Webhook;
 
 /// Why the sidecar cannot start. Displayed as one line naming the flag.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,9 @@ pub enum StartError {
     /// The shared cache cannot be set up.
     #[error("--cache: {0}")]
     Cache(crate::token::cache::CacheError),
+    /// The webhook listener's identity or CAs cannot be loaded.
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::WebhookTlsError),
     /// The identity or trust anchors cannot be loaded.
     #[error("{flag}: {source}")]
     Tls {
@@ -93,6 +97,8 @@ pub struct Sidecar {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     reload: Arc<Notify>,
+    webhook: Option<Arc<Webhook>>,
+    webhook_listener: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for Sidecar {
@@ -123,8 +129,32 @@ impl Sidecar {
                     reason,
                 }),
             })?;
+        let current: Current = Arc::new(ArcSwap::from_pointee(generation));
+        let webhook = match &config.webhook {
+            Some(wh) => {
+                let verifier = (wh.verify != crate::cli::WebhookVerify::Off).then(|| {
+                    crate::webhook::verify::Verifier::new(
+                        current.clone(),
+                        UpstreamTarget::new(&config.upstream)
+                            .expect("config guarantees an absolute upstream URL"),
+                        config.proxy.extras.clone(),
+                        // Leave the app most of the PSP's patience.
+                        wh.timeout.min(Duration::from_secs(5)),
+                        wh.verify == crate::cli::WebhookVerify::Require,
+                    )
+                });
+                Some(Arc::new(Webhook::new(
+                    wh.clone(),
+                    metrics.clone(),
+                    verifier,
+                )?))
+            }
+            None => None,
+        };
         Ok(Self {
-            current: Arc::new(ArcSwap::from_pointee(generation)),
+            current,
+            webhook,
+            webhook_listener: None,
             first_refresher: Some(refresher),
             metrics,
             health: Arc::new(Health::new()),
@@ -146,6 +176,17 @@ impl Sidecar {
     /// The readiness latch.
     pub fn health(&self) -> Arc<Health> {
         self.health.clone()
+    }
+
+    /// The webhook listener's state, when `--webhook-listen` is configured.
+    pub fn webhook(&self) -> Option<Arc<Webhook>> {
+        self.webhook.clone()
+    }
+
+    /// The already bound socket the webhook listener serves on (needed when the config has
+    /// a webhook; nothing in the library binds a port itself).
+    pub fn set_webhook_listener(&mut self, listener: TcpListener) {
+        self.webhook_listener = Some(listener);
     }
 
     /// Notify this to reload the identity files now (what SIGHUP does).
@@ -177,7 +218,7 @@ impl Sidecar {
             upstream = %self.config.upstream,
             token_url = %self.config.token.url,
             client_id = %self.config.token.client_id,
-            cache = %self.config.cache.as_ref().map(|c| crate::token::cache::redacted_url(secrecy::ExposeSecret::expose_secret(&c.url))).unwrap_or_else(|| "off".into()),
+            cache = %self.config.cache.as_ref().map(|c| format!("{} {}", c.mode.as_str(), c.shown())).unwrap_or_else(|| "off".into()),
             cert_subject = %info.subject,
             cert_not_after = %crate::tls::rfc3339(info.not_after),
             "pix-auth-proxy starting"
@@ -210,12 +251,31 @@ impl Sidecar {
             self.metrics.clone(),
             self.config.proxy.clone(),
         );
+        // One trigger (SIGHUP) reloads both directions.
+        let generation_trigger = Arc::new(Notify::new());
+        let webhook_trigger = Arc::new(Notify::new());
+        let fan_out = {
+            let (source, a, b) = (
+                self.reload.clone(),
+                generation_trigger.clone(),
+                webhook_trigger.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    source.notified().await;
+                    a.notify_one();
+                    b.notify_one();
+                }
+            })
+        };
         let reloader = tokio::spawn(crate::reload::watch(
             self.config.clone(),
             self.current.clone(),
             self.metrics.clone(),
-            self.reload.clone(),
+            generation_trigger,
         ));
+        let (webhook_stop, webhook_stop_rx) = tokio::sync::watch::channel(false);
+        let webhook_task = self.start_webhook(webhook_trigger, webhook_stop_rx);
 
         let (admin_stop, admin_task) = match admin {
             Some(l) => {
@@ -256,10 +316,19 @@ impl Sidecar {
                 );
                 tokio::time::sleep(delay).await;
             }
+            let _ = webhook_stop.send(true);
         };
         let drained =
             crate::server::serve(listener, handler, self.config.server.clone(), app_shutdown).await;
         reloader.abort();
+        fan_out.abort();
+        let drained = match webhook_task {
+            Some((task, watcher)) => {
+                watcher.abort();
+                task.await.unwrap_or(false) && drained
+            }
+            None => drained,
+        };
         if let Some(tx) = admin_stop {
             let _ = tx.send(());
         }
@@ -267,5 +336,71 @@ impl Sidecar {
             let _ = task.await;
         }
         drained
+    }
+
+    /// Serve the webhook listener (and watch its files) if one is configured.
+    #[allow(clippy::type_complexity)]
+    fn start_webhook(
+        &mut self,
+        trigger: Arc<Notify>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<(tokio::task::JoinHandle<bool>, tokio::task::JoinHandle<()>)> {
+        let webhook = self.webhook.clone()?;
+        let Some(listener) = self.webhook_listener.take() else {
+            tracing::error!(
+                event = "webhook_not_listening",
+                "--webhook-listen is configured but no socket was given; webhooks are not served"
+            );
+            return None;
+        };
+        let wh = webhook.config();
+        let state = webhook.tls();
+        let info = state.identity.info();
+        let accepts_unverified = wh.accepts_unverified();
+        tracing::info!(
+            event = "webhook_starting",
+            listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            forward = %wh.forward,
+            path = %if wh.path.is_empty() { "/" } else { wh.path.as_str() },
+            cert_subject = %info.subject,
+            cert_not_after = %crate::tls::rfc3339(info.not_after),
+            client_cas = state.cas.len(),
+            "webhook listener starting"
+        );
+        if accepts_unverified {
+            tracing::warn!(
+                event = "webhook_accepts_unverified",
+                "the webhook listener accepts callers without a verified client certificate when the URL carries the secret (--webhook-url-secret-file); restrict them with --webhook-allow-ip"
+            );
+        }
+        let left = info.time_left(SystemTime::now());
+        if left < Duration::from_secs(CERT_WARN_DAYS * 86_400) {
+            tracing::warn!(
+                event = "webhook_cert_near_expiry",
+                days_left = left.as_secs() / 86_400,
+                "the webhook server certificate expires soon: the PSP will refuse to call"
+            );
+        }
+        let files = wh.watched_files();
+        let watcher = {
+            let webhook = webhook.clone();
+            tokio::spawn(crate::reload::on_change(
+                files,
+                self.config.reload_interval,
+                trigger,
+                move |_| {
+                    let _ = webhook.reload();
+                    std::future::ready(())
+                },
+            ))
+        };
+        let task = tokio::spawn(webhook.serve(
+            listener,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+            self.config.server.clone(),
+        ));
+        Some((task, watcher))
     }
 }

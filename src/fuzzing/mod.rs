@@ -18,7 +18,8 @@ use http::{Method, StatusCode, Uri, Version};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::proxy::rewrite::{self, UpstreamTarget};
-use crate::token::cache::{self, CacheKey, CachedToken};
+use crate::token::cache::protocol as cache;
+use crate::token::cache::{CacheKey, CachedToken};
 use crate::token::endpoint::{self, MAX_LIFETIME, MIN_LIFETIME};
 
 pub use args::cli_args;

@@ -6,6 +6,7 @@
 //! It never calls the token endpoint: it reads the [`TokenCell`] and reports 401s to the
 //! refresher.
 
+pub mod body;
 pub mod problem;
 pub mod rewrite;
 
@@ -21,13 +22,14 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::client::UpstreamProtocol;
+pub use crate::config::{ApiExtras, ProxyOptions};
 use crate::generation::{Current, Generation};
 use crate::metrics::Metrics;
 pub use problem::ProblemKind;
 pub use rewrite::UpstreamTarget;
 
 /// Body sent upstream: buffered (replayable) or streamed from the app.
-pub type UpstreamBody = Either<Full<Bytes>, Incoming>;
+pub type UpstreamBody = Either<Full<Bytes>, body::AppBody>;
 /// Body returned to the app: the PSP's, streamed, or our problem body.
 pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 /// The pooled mTLS client used for API calls.
@@ -42,8 +44,12 @@ pub enum ProxyError {
     /// The app's request could not be read or rewritten (downstream).
     #[error("bad request: {0}")]
     BadRequest(String),
-    /// No usable token within the wait bound (internal).
-    #[error("no usable access token after waiting {0:?}")]
+    /// The request's framing cannot be passed on (downstream).
+    #[error("{0}")]
+    Framing(&'static str, ProblemKind),
+    /// No usable token: the token endpoint is failing, or none arrived within the wait
+    /// bound (internal).
+    #[error("no usable access token (token endpoint failing, or none within {0:?})")]
     TokenUnavailable(Duration),
     /// Connecting to the PSP failed (upstream, retryable).
     #[error("cannot connect to the PSP: {}", crate::telemetry::error_chain(.0))]
@@ -57,6 +63,10 @@ pub enum ProxyError {
     /// The exchange broke after the connection was made (upstream).
     #[error("the PSP broke the exchange: {}", crate::telemetry::error_chain(.0))]
     UpstreamProtocol(#[source] hyper_util::client::legacy::Error),
+    /// The PSP answered with a status the sidecar cannot relay: `101 Switching Protocols`
+    /// (upgrades are not supported) or an interim 1xx that hyper hands over (upstream).
+    #[error("the PSP answered {0}, which cannot be relayed (no upgrades, no interim responses)")]
+    UpstreamStatus(StatusCode),
 }
 
 impl ProxyError {
@@ -65,11 +75,14 @@ impl ProxyError {
         match self {
             ProxyError::ForbiddenTarget(_) => ProblemKind::ForbiddenTarget,
             ProxyError::BadRequest(_) => ProblemKind::BadRequest,
+            ProxyError::Framing(_, kind) => *kind,
             ProxyError::TokenUnavailable(_) => ProblemKind::TokenUnavailable,
             ProxyError::UpstreamConnect(_) => ProblemKind::UpstreamConnect,
             ProxyError::UpstreamTls(_) => ProblemKind::UpstreamTls,
             ProxyError::UpstreamTimeout(_) => ProblemKind::UpstreamTimeout,
-            ProxyError::UpstreamProtocol(_) => ProblemKind::UpstreamProtocol,
+            ProxyError::UpstreamProtocol(_) | ProxyError::UpstreamStatus(_) => {
+                ProblemKind::UpstreamProtocol
+            }
         }
     }
 
@@ -90,33 +103,9 @@ impl ProxyError {
     }
 }
 
-/// What a PSP preset adds to every API call.
-#[derive(Clone, Default)]
-pub struct ApiExtras {
-    /// A query parameter appended to every call (name, value), e.g. BB's `gw-dev-app-key`.
-    pub query: Option<(String, secrecy::SecretString)>,
-    /// A header set to a fresh UUID v4 on every call unless the app sent one.
-    pub correlation_id: Option<http::HeaderName>,
-    /// Headers set on every call.
-    pub headers: Vec<(http::HeaderName, HeaderValue)>,
-}
-
-impl std::fmt::Debug for ApiExtras {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiExtras")
-            .field(
-                "query",
-                &self.query.as_ref().map(|(k, _)| (k, "<redacted>")),
-            )
-            .field("correlation_id", &self.correlation_id)
-            .field("headers", &self.headers)
-            .finish()
-    }
-}
-
 impl ApiExtras {
     /// `name=value`, form-encoded, to append to every query string.
-    fn query_suffix(&self) -> Option<String> {
+    pub(crate) fn query_suffix(&self) -> Option<String> {
         use secrecy::ExposeSecret;
         self.query.as_ref().map(|(k, v)| {
             let mut out = String::with_capacity(k.len() + v.expose_secret().len() + 8);
@@ -129,7 +118,7 @@ impl ApiExtras {
         })
     }
 
-    fn apply(&self, headers: &mut HeaderMap) {
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         if let Some(name) = &self.correlation_id {
             if !headers.contains_key(name) {
                 let id = uuid::Uuid::new_v4();
@@ -141,30 +130,6 @@ impl ApiExtras {
         }
         for (k, v) in &self.headers {
             headers.insert(k.clone(), v.clone());
-        }
-    }
-}
-
-/// Proxy settings.
-#[derive(Debug, Clone)]
-pub struct ProxyOptions {
-    /// Bound on waiting for the upstream's response headers.
-    pub request_timeout: Duration,
-    /// Bound on waiting for a usable token (cold start, after a 401).
-    pub token_wait: Duration,
-    /// Request bodies up to this size are buffered so they can be replayed after a 401.
-    pub replay_limit: usize,
-    /// What the PSP preset adds to every call.
-    pub extras: ApiExtras,
-}
-
-impl Default for ProxyOptions {
-    fn default() -> Self {
-        Self {
-            request_timeout: Duration::from_secs(60),
-            token_wait: Duration::from_secs(10),
-            replay_limit: 64 * 1024,
-            extras: ApiExtras::default(),
         }
     }
 }
@@ -256,14 +221,13 @@ impl Proxy {
             Ok(resp) => resp,
             Err(err) => {
                 let kind = err.kind();
-                self.inner.metrics.upstream_error(kind.slug());
-                match kind {
-                    ProblemKind::ForbiddenTarget | ProblemKind::BadRequest => {
-                        tracing::info!(event = "request_refused", %method, problem = kind.slug(), error = %err)
-                    }
-                    _ => {
-                        tracing::warn!(event = "request_failed", %method, problem = kind.slug(), error = %err)
-                    }
+                let side = kind.side();
+                if side == "downstream" {
+                    self.inner.metrics.downstream_error(kind.slug());
+                    tracing::info!(event = "request_refused", side, %method, problem = kind.slug(), error = %err)
+                } else {
+                    self.inner.metrics.upstream_error(kind.slug());
+                    tracing::warn!(event = "request_failed", side, %method, problem = kind.slug(), error = %err)
                 }
                 err.to_response()
             }
@@ -272,6 +236,21 @@ impl Proxy {
 
     async fn forward(&self, req: Request<Incoming>) -> Result<Response<ResponseBody>, ProxyError> {
         let inner = &*self.inner;
+        match rewrite::framing_problem(req.version(), req.headers()) {
+            None => {}
+            Some(rewrite::FramingProblem::MissingHost) => {
+                return Err(ProxyError::Framing(
+                    "an HTTP/1.1 request must carry Host",
+                    ProblemKind::BadRequest,
+                ));
+            }
+            Some(rewrite::FramingProblem::UnsupportedCoding) => {
+                return Err(ProxyError::Framing(
+                    "only the chunked transfer coding is supported",
+                    ProblemKind::UnsupportedTransferCoding,
+                ));
+            }
+        }
         if let Some(reason) = rewrite::forbidden_target(req.method(), req.version(), req.uri()) {
             let allowed = req.method() != Method::CONNECT
                 && req
@@ -317,9 +296,15 @@ impl Proxy {
         let (auth, version) = self.token(&generation).await?;
         match replayable {
             Err(stream) => {
+                let (stream, app_body) = body::AppBody::new(stream);
                 let resp = self
                     .send(&generation, out.request(auth, Either::Right(stream)))
-                    .await?;
+                    .await
+                    .map_err(|e| match app_body.failure() {
+                        // The exchange failed because the app's own body did: its fault.
+                        Some(why) => ProxyError::BadRequest(format!("request body: {why}")),
+                        None => e,
+                    })?;
                 if resp.status() == StatusCode::UNAUTHORIZED {
                     // Cannot replay a streamed body: pass the 401 through, but renew.
                     inner.metrics.unauthorized();
@@ -353,7 +338,7 @@ impl Proxy {
         generation.refresher.report_rejected(version);
         let Some((auth, new_version)) = generation
             .cell
-            .wait_usable(version, inner.opts.token_wait)
+            .wait_for_attempt(version, inner.opts.token_wait, || ())
             .await
         else {
             tracing::warn!(
@@ -374,15 +359,21 @@ impl Proxy {
         Ok(finish(resp))
     }
 
-    /// The token to inject: immediately if usable, else wait (bounded) for one.
+    /// The token to inject: immediately if usable, else ask the refresher for an attempt and
+    /// wait for its outcome, bounded by `token_wait`.
     async fn token(&self, generation: &Generation) -> Result<(HeaderValue, u64), ProxyError> {
         let inner = &*self.inner;
         if let Some(t) = generation.cell.usable(Instant::now()) {
             return Ok(t);
         }
-        Box::pin(generation.cell.wait_usable(0, inner.opts.token_wait))
-            .await
-            .ok_or(ProxyError::TokenUnavailable(inner.opts.token_wait))
+        let demand = || generation.refresher.demand();
+        Box::pin(
+            generation
+                .cell
+                .wait_for_attempt(0, inner.opts.token_wait, demand),
+        )
+        .await
+        .ok_or(ProxyError::TokenUnavailable(inner.opts.token_wait))
     }
 
     /// Send a buffered request. If it went to the HTTP/2 pool and that pool could not get a
@@ -425,6 +416,11 @@ impl Proxy {
     ) -> Result<Response<Incoming>, ProxyError> {
         let timeout = self.inner.opts.request_timeout;
         match tokio::time::timeout(timeout, generation.client.request(req)).await {
+            // hyper consumes 100 Continue and 103 Early Hints itself; anything else below
+            // 200 (a 101 to a request that asked for no upgrade) has no place in a reply.
+            Ok(Ok(resp)) if resp.status().is_informational() => {
+                Err(ProxyError::UpstreamStatus(resp.status()))
+            }
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(ProxyError::from_client(e)),
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),

@@ -102,6 +102,34 @@ pub fn forbidden_target(method: &Method, version: Version, uri: &Uri) -> Option<
     None
 }
 
+/// Why a request's framing is refused before anything is sent: a transfer coding other
+/// than `chunked` (hyper decodes only `chunked`; forwarding the body without the other
+/// codings would change its meaning, so RFC 9112 §6.1 wants a 501), or an HTTP/1.1 request
+/// without `Host` (RFC 9112 §3.2 wants a 400).
+pub fn framing_problem(version: Version, headers: &http::HeaderMap) -> Option<FramingProblem> {
+    if version == Version::HTTP_11 && !headers.contains_key(header::HOST) {
+        return Some(FramingProblem::MissingHost);
+    }
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    codings.peek()?;
+    let only_chunked = codings.all(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .all(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        })
+    });
+    (!only_chunked).then_some(FramingProblem::UnsupportedCoding)
+}
+
+/// See [`framing_problem`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramingProblem {
+    /// HTTP/1.1 without `Host`.
+    MissingHost,
+    /// A transfer coding other than `chunked`.
+    UnsupportedCoding,
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus `Proxy-Authorization`: never forwarded. `Host`
 /// (the upstream's is set by the client) and `Authorization` (replaced by ours) are handled
 /// apart, since nearly every request carries them.
@@ -170,6 +198,51 @@ pub fn clean_response_headers(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_chunked_framing_with_a_host_passes() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut h = http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            h
+        };
+        let v11 = Version::HTTP_11;
+        assert_eq!(framing_problem(v11, &headers(&[("host", "a")])), None);
+        assert_eq!(
+            framing_problem(
+                v11,
+                &headers(&[("host", "a"), ("transfer-encoding", "Chunked")])
+            ),
+            None
+        );
+        assert_eq!(
+            framing_problem(v11, &headers(&[])),
+            Some(FramingProblem::MissingHost)
+        );
+        // HTTP/1.0 and HTTP/2 need no Host (h2 has :authority).
+        assert_eq!(framing_problem(Version::HTTP_10, &headers(&[])), None);
+        assert_eq!(framing_problem(Version::HTTP_2, &headers(&[])), None);
+        for te in [
+            &[("transfer-encoding", "gzip, chunked")][..],
+            &[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ],
+        ] {
+            let mut h = headers(te);
+            h.insert(header::HOST, "a".parse().unwrap());
+            assert_eq!(
+                framing_problem(v11, &h),
+                Some(FramingProblem::UnsupportedCoding),
+                "{te:?}"
+            );
+        }
+    }
     use http::HeaderValue;
 
     fn target(base: &'static str) -> UpstreamTarget {

@@ -1,5 +1,6 @@
 //! Pix-shaped endpoints of the mock PSP, modelled on the BCB "API Pix" v2: immediate charges
-//! (`PUT`/`GET /cob/{txid}`) and received Pix (`GET /pix`), with the BCB's RFC 7807 errors.
+//! (`PUT`/`GET /cob/{txid}`, and `POST /cob/{txid}/pay` to simulate a payment) and received
+//! Pix (`GET /pix`, `GET /pix/{endToEndId}`), with the BCB's RFC 7807 errors.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,10 +17,25 @@ type Handler<'a> = Box<dyn FnOnce(&Parts, &Bytes) -> Response<Full<Bytes>> + Sen
 /// The handler for a Pix route, if `method` + `uri` is one.
 pub(super) fn route<'a>(
     cobs: &'a Mutex<HashMap<String, Value>>,
+    pix: &'a Mutex<HashMap<String, Value>>,
     method: &Method,
     uri: &Uri,
 ) -> Option<Handler<'a>> {
     let path = uri.path();
+    if let Some(txid) = path
+        .strip_prefix("/cob/")
+        .and_then(|p| p.strip_suffix("/pay"))
+        .filter(|t| !t.contains('/'))
+    {
+        let txid = txid.to_owned();
+        return (*method == Method::POST)
+            .then(|| -> Handler<'a> { Box::new(move |_, _| pay_cob(cobs, pix, &txid)) });
+    }
+    if let Some(e2e) = path.strip_prefix("/pix/").filter(|t| !t.contains('/')) {
+        let e2e = e2e.to_owned();
+        return (*method == Method::GET)
+            .then(|| -> Handler<'a> { Box::new(move |_, _| get_pix(pix, &e2e)) });
+    }
     if let Some(txid) = path.strip_prefix("/cob/").filter(|t| !t.contains('/')) {
         let txid = txid.to_owned();
         return match *method {
@@ -182,5 +198,68 @@ fn list_pix(query: &str) -> Response<Full<Bytes>> {
             },
             "pix": []
         }),
+    )
+}
+
+/// Store a received Pix and return it (BCB `Pix` object).
+pub(super) fn record(pix: &Mutex<HashMap<String, Value>>, txid: &str, valor: &str) -> Value {
+    let mut rand = String::new();
+    for _ in 0..26 {
+        rand.push(fastrand::alphanumeric());
+    }
+    // E + ISPB (8 digits) + date-ish + random: 32 characters like the BCB's.
+    let e2e = format!("E00000000{}", &rand[..23]);
+    let record = json!({
+        "endToEndId": e2e,
+        "txid": txid,
+        "valor": valor,
+        "horario": now_rfc3339(),
+        "infoPagador": "pagamento de teste",
+    });
+    pix.lock().unwrap().insert(e2e, record.clone());
+    record
+}
+
+fn get_pix(pix: &Mutex<HashMap<String, Value>>, e2e: &str) -> Response<Full<Bytes>> {
+    match pix.lock().unwrap().get(e2e) {
+        Some(p) => json_response(StatusCode::OK, p.clone()),
+        None => problem(
+            StatusCode::NOT_FOUND,
+            "PixNaoEncontrado",
+            "Pix não encontrado.",
+            "Pix não encontrado para o endToEndId informado.",
+            json!([]),
+        ),
+    }
+}
+
+/// Simulate the payer paying the charge: the charge becomes CONCLUIDA and a Pix is recorded.
+fn pay_cob(
+    cobs: &Mutex<HashMap<String, Value>>,
+    pix: &Mutex<HashMap<String, Value>>,
+    txid: &str,
+) -> Response<Full<Bytes>> {
+    let valor = {
+        let mut cobs = cobs.lock().unwrap();
+        let Some(cob) = cobs.get_mut(txid) else {
+            return get_cob_missing();
+        };
+        cob["status"] = json!("CONCLUIDA");
+        cob["valor"]["original"]
+            .as_str()
+            .unwrap_or("0.00")
+            .to_owned()
+    };
+    let record = record(pix, txid, &valor);
+    json_response(StatusCode::OK, json!({"pix": [record]}))
+}
+
+fn get_cob_missing() -> Response<Full<Bytes>> {
+    problem(
+        StatusCode::NOT_FOUND,
+        "CobNaoEncontrado",
+        "Cobrança não encontrada.",
+        "Cobrança não encontrada para o txid informado.",
+        json!([]),
     )
 }

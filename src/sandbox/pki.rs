@@ -79,6 +79,38 @@ impl Pki {
         })
     }
 
+    /// An intermediate CA named `name`, issued by this one (for chains 3 and more deep):
+    /// its `ca_pem`/`ca_der` are the intermediate's certificate.
+    pub fn intermediate(&self, name: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let params = Self::ca_params(name)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Self {
+            ca_pem: cert.pem(),
+            ca_der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    fn ca_params(name: &str) -> Result<CertificateParams, PkiError> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationName, "pix-auth-proxy sandbox");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::from_secs(86_400);
+        params.not_after = now + Duration::from_secs(10 * 365 * 86_400);
+        Ok(params)
+    }
+
     /// The CA certificate, PEM.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem

@@ -119,6 +119,10 @@ struct State {
     /// Close each connection gracefully after this many requests (0: never).
     requests_per_connection: AtomicU64,
     cobs: Mutex<HashMap<String, serde_json::Value>>,
+    /// Received Pix by `endToEndId` (`GET /pix/{e2eid}`).
+    pix: Mutex<HashMap<String, serde_json::Value>>,
+    /// Where a simulated payment is notified.
+    webhook: Mutex<Option<super::WebhookTarget>>,
     issued: Mutex<Vec<String>>,
     token_certs: Mutex<Vec<String>>,
 }
@@ -192,6 +196,8 @@ impl MockPsp {
             kick: watch::channel(0).0,
             requests_per_connection: AtomicU64::new(0),
             cobs: Mutex::new(HashMap::new()),
+            pix: Mutex::new(HashMap::new()),
+            webhook: Mutex::new(None),
             issued: Mutex::new(Vec::new()),
             token_certs: Mutex::new(Vec::new()),
         });
@@ -294,6 +300,20 @@ impl MockPsp {
             self.state.connections[0].load(Ordering::SeqCst),
             self.state.connections[1].load(Ordering::SeqCst),
         )
+    }
+
+    /// Deliver every simulated payment (`POST /cob/{txid}/pay`) to `target`.
+    pub fn set_webhook(&self, target: super::WebhookTarget) {
+        *self.state.webhook.lock().unwrap() = Some(target);
+    }
+
+    /// Record a received Pix of `valor` (e.g. "10.00") for `txid`, as `GET /pix/{e2eid}`
+    /// will show it; returns its `endToEndId`.
+    pub fn record_pix(&self, txid: &str, valor: &str) -> String {
+        super::pix::record(&self.state.pix, txid, valor)["endToEndId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// SHA-256 (hex) of the client certificate of each successful token request, in order.
@@ -647,17 +667,25 @@ async fn api(state: &State, cert: &str, req: Request<Incoming>) -> Response<Full
         return resp;
     }
     if state.settings.lock().unwrap().pix_api {
-        if let Some(resp) = super::pix::route(&state.cobs, req.method(), req.uri()) {
+        if let Some(resp) = super::pix::route(&state.cobs, &state.pix, req.method(), req.uri()) {
+            let pay = req.method() == Method::POST && req.uri().path().ends_with("/pay");
             let (parts, body) = req.into_parts();
             let body = http_body_util::Limited::new(body, 64 * 1024)
                 .collect()
                 .await;
-            return match body {
+            let answer = match body {
                 Ok(b) => resp(&parts, &b.to_bytes()),
                 Err(_) => json(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     serde_json::json!({"error": "body"}),
                 ),
+            };
+            let target = state.webhook.lock().unwrap().clone();
+            return match target {
+                Some(target) if pay && answer.status() == StatusCode::OK => {
+                    super::notify::notify_payment(&target, answer).await
+                }
+                _ => answer,
             };
         }
     }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub mod pkcs12;
+pub mod refusal;
 
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
@@ -221,6 +222,11 @@ impl Identity {
         &self.info
     }
 
+    /// The chain and signing key, as rustls serves them (the webhook listener's resolver).
+    pub fn certified_key(&self) -> Arc<CertifiedKey> {
+        self.key.clone()
+    }
+
     /// The certificate chain, leaf first.
     pub fn chain(&self) -> &[CertificateDer<'static>] {
         &self.key.cert
@@ -346,7 +352,11 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn certificate_info(path: &Path, der: &CertificateDer<'_>) -> Result<CertificateInfo, TlsError> {
+/// Facts about a DER certificate; `path` only labels the error.
+pub fn certificate_info(
+    path: &Path,
+    der: &CertificateDer<'_>,
+) -> Result<CertificateInfo, TlsError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| {
         TlsError::BadCertificate {
             path: path.to_owned(),

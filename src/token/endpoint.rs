@@ -126,6 +126,15 @@ pub enum TokenError {
     /// `expires_in` is missing and unusable, non-numeric, or out of bounds.
     #[error("expires_in {0}")]
     ExpiresIn(String),
+    /// The PSP's edge completed the handshake but answered that it refused our client
+    /// certificate (nginx's 400 "The SSL certificate error", a 403 naming the certificate).
+    #[error("{refusal} (token endpoint answered {status})")]
+    ClientCertRefused {
+        /// What the edge said, in words.
+        refusal: crate::tls::refusal::Refusal,
+        /// The HTTP status it answered with.
+        status: StatusCode,
+    },
 }
 
 fn oauth_suffix(error: &Option<String>, description: &Option<String>) -> String {
@@ -137,10 +146,24 @@ fn oauth_suffix(error: &Option<String>, description: &Option<String>) -> String 
 }
 
 impl TokenError {
+    /// Whether the PSP refused our client certificate, during the handshake (a TLS alert)
+    /// or after it (an edge's refusal page).
+    pub fn refusal(&self) -> Option<crate::tls::refusal::Refusal> {
+        match self {
+            TokenError::ClientCertRefused { refusal, .. } => Some(*refusal),
+            TokenError::Transport(e) => {
+                rustls_cause(e).and_then(crate::tls::refusal::alert_refusal)
+            }
+            _ => None,
+        }
+    }
+
     /// A bounded label for metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {
             TokenError::Timeout(_) => "timeout",
+            _ if self.refusal().is_some() => "client_cert_refused",
+            TokenError::ClientCertRefused { .. } => "client_cert_refused",
             TokenError::Transport(e) if is_tls(e) => "tls",
             TokenError::Transport(_) => "connect",
             TokenError::Body(_) => "body",
@@ -254,6 +277,11 @@ impl TokenClient {
         let (status, body) = tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| TokenError::Timeout(self.timeout))??;
+        if !status.is_success() {
+            if let Some(refusal) = crate::tls::refusal::http_refusal(status, &body) {
+                return Err(TokenError::ClientCertRefused { refusal, status });
+            }
+        }
         let secret = self.request.client_secret.as_ref();
         parse_response(status, &body, SystemTime::now(), secret).map(|(token, lifetime, scope)| {
             Granted {

@@ -124,7 +124,9 @@ impl Token {
 /// The current token, shared by every request and written only by the refresher.
 ///
 /// Reads are a lock-free `ArcSwap` load; waiters for a first (or newer) token are woken
-/// through a `watch` channel carrying the latest version.
+/// through a `watch` channel carrying the latest version, and through a second one counting
+/// failed renewal attempts, so that a request waiting during an outage gets its answer as
+/// soon as the attempt it waited for has failed instead of at the end of its wait bound.
 #[derive(Clone)]
 pub struct TokenCell {
     inner: Arc<CellInner>,
@@ -133,6 +135,7 @@ pub struct TokenCell {
 struct CellInner {
     current: ArcSwapOption<Token>,
     version_tx: watch::Sender<u64>,
+    failures_tx: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for TokenCell {
@@ -156,10 +159,12 @@ impl TokenCell {
     /// An empty cell.
     pub fn new() -> Self {
         let (version_tx, _) = watch::channel(0);
+        let (failures_tx, _) = watch::channel(0);
         Self {
             inner: Arc::new(CellInner {
                 current: ArcSwapOption::empty(),
                 version_tx,
+                failures_tx,
             }),
         }
     }
@@ -202,10 +207,41 @@ impl TokenCell {
         stored
     }
 
+    /// Record that a renewal attempt failed; wakes every waiter (see [`TokenCell::wait_usable`]).
+    pub fn note_failure(&self) {
+        self.inner.failures_tx.send_modify(|n| *n += 1);
+    }
+
     /// Wait until a usable token with a version greater than `after` exists, or `timeout`
-    /// passes. `after = 0` means any usable token.
+    /// passes. `after = 0` means any usable token. Failed attempts do not end the wait (a
+    /// reload waits through the refresher's retries).
     pub async fn wait_usable(&self, after: u64, timeout: Duration) -> Option<(HeaderValue, u64)> {
-        let mut rx = self.inner.version_tx.subscribe();
+        self.wait(after, timeout, false, || ()).await
+    }
+
+    /// Like [`TokenCell::wait_usable`], but a renewal attempt that fails after the wait began
+    /// ends it too: a request during an outage gets its answer as soon as the attempt it
+    /// waited for failed. `subscribed` runs once the waiter listens for both events (so it
+    /// cannot miss them): the place to ask the refresher for an attempt.
+    pub async fn wait_for_attempt(
+        &self,
+        after: u64,
+        timeout: Duration,
+        subscribed: impl FnOnce(),
+    ) -> Option<(HeaderValue, u64)> {
+        self.wait(after, timeout, true, subscribed).await
+    }
+
+    async fn wait(
+        &self,
+        after: u64,
+        timeout: Duration,
+        end_on_failure: bool,
+        subscribed: impl FnOnce(),
+    ) -> Option<(HeaderValue, u64)> {
+        let mut versions = self.inner.version_tx.subscribe();
+        let mut failures = self.inner.failures_tx.subscribe();
+        subscribed();
         let deadline = Instant::now() + timeout;
         loop {
             if let Some((h, v)) = self.usable(Instant::now()) {
@@ -213,11 +249,11 @@ impl TokenCell {
                     return Some((h, v));
                 }
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => continue,
-                // Sender lives in `self`, so it cannot be dropped while we hold `self`;
-                // treat it like a timeout anyway.
-                Ok(Err(_)) | Err(_) => return None,
+            tokio::select! {
+                // The senders live in `self`: `changed` cannot fail while we hold it.
+                changed = versions.changed() => if changed.is_err() { return None },
+                changed = failures.changed(), if end_on_failure => if changed.is_ok() { return None },
+                () = tokio::time::sleep_until(deadline) => return None,
             }
         }
     }
@@ -272,6 +308,24 @@ mod tests {
         let got = waiter.await.unwrap().expect("woken by store");
         assert_eq!(got.1, 7);
         assert!(got.0.is_sensitive());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiter_is_answered_by_a_failed_attempt_not_by_one_before_it() {
+        let cell = TokenCell::new();
+        // A failure recorded before the wait starts does not end it.
+        cell.note_failure();
+        let c2 = cell.clone();
+        let started = Instant::now();
+        let waiter = tokio::spawn(async move {
+            let got = c2.wait_for_attempt(0, Duration::from_secs(5), || ()).await;
+            (got.is_none(), started.elapsed())
+        });
+        tokio::time::advance(Duration::from_millis(300)).await;
+        cell.note_failure();
+        let (none, waited) = waiter.await.unwrap();
+        assert!(none);
+        assert!(waited < Duration::from_secs(1), "{waited:?}");
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //!
 //! Owns: when to renew (a pure function of the token's lifetime, the refresh ratio and
 //! jitter), how to back off after a failure (exponential, full jitter, never past the
-//! current token's usable time), and the deduplication of upstream 401 reports: a burst of
-//! 401s for one token version causes at most one forced renewal, rate-limited.
+//! current token's usable time, and on a short bounded cadence once no usable token is
+//! left), requests' demand for a token during an outage (many waiters, one attempt), and the
+//! deduplication of upstream 401 reports: a burst of 401s for one token version causes at
+//! most one forced renewal, rate-limited.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,8 +28,14 @@ pub struct RefreshPolicy {
     pub expiry_margin: Duration,
     /// First backoff step after a failure.
     pub backoff_base: Duration,
-    /// Largest backoff step.
+    /// Largest backoff step while a usable token is kept.
     pub backoff_max: Duration,
+    /// Largest backoff step once no usable token is left: an outage must end for the app
+    /// within seconds of the token endpoint's return.
+    pub outage_retry_max: Duration,
+    /// Least time between the end of one attempt and the start of the next (retries closing
+    /// in on the end of a kept token, attempts asked for by waiting requests).
+    pub min_retry_gap: Duration,
     /// Minimum time between two 401-driven renewals.
     pub forced_min_interval: Duration,
     /// With a shared cache: how long to wait for another replica's renewal before fetching
@@ -42,6 +50,8 @@ impl Default for RefreshPolicy {
             expiry_margin: Duration::from_secs(15),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            outage_retry_max: Duration::from_secs(2),
+            min_retry_gap: Duration::from_millis(500),
             forced_min_interval: Duration::from_secs(5),
             cache_wait: Duration::from_secs(15),
         }
@@ -76,6 +86,32 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration, rand01: f64) -> Dura
         .max(Duration::from_millis(100).min(window))
 }
 
+/// How long to wait before the next attempt after `failures` failures in a row (1-based).
+/// With a usable token (`usable_for` is how long it stays usable), back off exponentially up
+/// to `backoff_max` but come back before the token stops being usable, closing in on its end
+/// by halving what is left and never sooner than `min_retry_gap`. Without one, the window
+/// stops growing at `outage_retry_max`: the app is waiting. `rand01` in `[0, 1)`.
+pub fn retry_in(
+    failures: u32,
+    usable_for: Option<Duration>,
+    policy: &RefreshPolicy,
+    rand01: f64,
+) -> Duration {
+    let max = match usable_for {
+        Some(_) => policy.backoff_max,
+        None => policy
+            .outage_retry_max
+            .min(policy.backoff_max.max(policy.backoff_base)),
+    };
+    let delay = backoff(failures, policy.backoff_base, max, rand01);
+    match usable_for {
+        Some(left) => delay.min(left / 2).max(policy.min_retry_gap.min(max)),
+        // Full jitter keeps replicas apart; the floor keeps a run of instant failures from
+        // hammering the endpoint.
+        None => delay.max(policy.min_retry_gap.min(max) / 2),
+    }
+}
+
 /// Counters the refresher keeps (read by metrics and tests).
 #[derive(Debug, Default)]
 pub struct RefreshStats {
@@ -92,6 +128,8 @@ struct Shared {
     /// Highest token version an upstream rejected.
     rejected: AtomicU64,
     wake: Notify,
+    /// A request is waiting for a token (coalesced: one stored permit, one attempt).
+    demand: Notify,
     stats: RefreshStats,
 }
 
@@ -110,6 +148,14 @@ impl RefresherHandle {
         self.shared.wake.notify_one();
     }
 
+    /// Say that a request is waiting because no usable token is held. Outside an outage this
+    /// does nothing (a renewal is already scheduled before the token becomes unusable);
+    /// during one it brings the next attempt forward to at most `min_retry_gap` after the
+    /// last one ended. Many calls before the refresher looks cause one attempt.
+    pub fn demand(&self) {
+        self.shared.demand.notify_one();
+    }
+
     /// The refresher's counters.
     pub fn stats(&self) -> &RefreshStats {
         &self.shared.stats
@@ -126,6 +172,8 @@ pub struct Refresher {
     cache: Option<Arc<SharedCache>>,
     next_version: u64,
     scope_warned: bool,
+    /// Subject and issuer of the client certificate, named when the PSP refuses it.
+    certificate: Option<(String, String)>,
 }
 
 impl Refresher {
@@ -145,7 +193,15 @@ impl Refresher {
             cache: None,
             next_version: 1,
             scope_warned: false,
+            certificate: None,
         }
+    }
+
+    /// Name the client certificate (subject, issuer) in the warning logged when the PSP
+    /// refuses it.
+    pub fn with_certificate(mut self, subject: String, issuer: String) -> Self {
+        self.certificate = Some((subject, issuer));
+        self
     }
 
     /// Share tokens with other replicas through `cache`.
@@ -167,6 +223,7 @@ impl Refresher {
         let mut next_at = Instant::now();
         let mut failures: u32 = 0;
         let mut last_forced: Option<Instant> = None;
+        let mut last_ended: Option<Instant> = None;
         let mut reason = "initial";
         loop {
             let forced = tokio::select! {
@@ -180,6 +237,15 @@ impl Refresher {
                         }
                         ForcedCheck::Due => true,
                     }
+                }
+                _ = self.shared.demand.notified() => {
+                    // Only an outage makes requests wait; then bring the next attempt
+                    // forward, but keep attempts `min_retry_gap` apart.
+                    if self.cell.usable(Instant::now()).is_none() {
+                        let earliest = last_ended.map_or_else(Instant::now, |t| t + self.policy.min_retry_gap);
+                        next_at = next_at.min(earliest);
+                    }
+                    continue;
                 }
             };
             if forced {
@@ -196,7 +262,9 @@ impl Refresher {
             } else {
                 self.cell.current().map(|t| t.version())
             };
-            match self.obtain(have).await {
+            let obtained = self.obtain(have).await;
+            last_ended = Some(Instant::now());
+            match obtained {
                 Ok(got) => {
                     failures = 0;
                     let margin = effective_margin(got.lifetime, self.policy.expiry_margin);
@@ -265,19 +333,23 @@ impl Refresher {
                         reason = "retry";
                     }
                     let now = Instant::now();
-                    let mut delay = backoff(
-                        failures,
-                        self.policy.backoff_base,
-                        self.policy.backoff_max,
-                        fastrand::f64(),
-                    );
                     let current = self.cell.current();
                     let usable = current.as_ref().filter(|t| t.is_usable(now));
-                    if let Some(t) = usable {
-                        // Never sleep past the point where the kept token stops being usable:
-                        // halve the remaining window so retries close in on it.
-                        let remaining = t.usable_until().saturating_duration_since(now);
-                        delay = delay.min((remaining / 2).max(Duration::from_millis(100)));
+                    let delay = retry_in(
+                        failures,
+                        usable.map(|t| t.usable_until().saturating_duration_since(now)),
+                        &self.policy,
+                        fastrand::f64(),
+                    );
+                    if let (Some(refusal), 1) = (err.refusal(), failures) {
+                        let (subject, issuer) = self.certificate.clone().unwrap_or_default();
+                        tracing::warn!(
+                            event = "client_cert_refused",
+                            %refusal,
+                            cert_subject = %subject,
+                            cert_issuer = %issuer,
+                            "the PSP refused our client certificate: check that this certificate is the one registered with the PSP for this environment"
+                        );
                     }
                     let kept = usable.map(|t| t.fingerprint().to_owned());
                     tracing::warn!(
@@ -297,6 +369,8 @@ impl Refresher {
                         );
                     }
                     next_at = now + delay;
+                    // Waiting requests answer their 503 now instead of at their deadline.
+                    self.cell.note_failure();
                 }
             }
         }
@@ -464,5 +538,36 @@ mod tests {
         assert!(backoff(30, b, m, 0.999_999) <= m);
         assert!(backoff(30, b, m, 0.999_999) > S(59));
         assert_eq!(backoff(5, b, m, 0.0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn without_a_usable_token_retries_stay_within_2s_however_many_failures() {
+        let p = RefreshPolicy::default();
+        for attempt in 1..=40 {
+            for r in [0.0, 0.3, 0.999_999] {
+                let d = retry_in(attempt, None, &p, r);
+                assert!(d <= S(2), "attempt {attempt} r {r}: {d:?}");
+                assert!(d >= Duration::from_millis(250), "attempt {attempt}: {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn closing_in_on_the_end_of_a_kept_token_retries_stay_500ms_apart() {
+        let p = RefreshPolicy::default();
+        for left_ms in [100u64, 300, 900, 2_000, 60_000] {
+            for attempt in 1..=10 {
+                for r in [0.0, 0.5, 0.999_999] {
+                    let left = Duration::from_millis(left_ms);
+                    let d = retry_in(attempt, Some(left), &p, r);
+                    assert!(d >= Duration::from_millis(500), "{left_ms} ms left: {d:?}");
+                    // Never past the end of the kept token, unless that end is nearer than
+                    // the gap itself.
+                    assert!(d <= (left / 2).max(Duration::from_millis(500)), "{d:?}");
+                }
+            }
+        }
+        // With plenty left, the exponential backoff applies as before.
+        assert!(retry_in(6, Some(S(3_600)), &p, 0.999_999) > S(31));
     }
 }

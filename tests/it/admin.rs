@@ -144,10 +144,19 @@ async fn metrics_parse_and_move_after_requests_a_token_failure_and_a_401() {
     assert_eq!(
         value(
             &after,
+            "pix_auth_proxy_downstream_errors_total",
+            &[("kind", "forbidden-target")]
+        ),
+        1.0,
+        "the app's CONNECT is the app's fault"
+    );
+    assert_eq!(
+        value(
+            &after,
             "pix_auth_proxy_upstream_errors_total",
             &[("kind", "forbidden-target")]
         ),
-        1.0
+        0.0
     );
     assert_eq!(
         value(&after, "pix_auth_proxy_request_duration_seconds_count", &[]),

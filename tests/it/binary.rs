@@ -33,6 +33,7 @@ async fn bad_input_is_refused_at_start_with_one_line_naming_the_flag() {
     env.write("expired.pem", expired.cert_pem.as_bytes());
     env.write("expired-key.pem", expired.key_pem.as_bytes());
     env.write("garbage.pem", b"not a pem file");
+    let (cert, key, ca) = (env.p("cert.pem"), env.p("key.pem"), env.p("ca.pem"));
     let (other_key, exp_cert, exp_key, garbage) = (
         env.p("other-key.pem"),
         env.p("expired.pem"),
@@ -104,6 +105,80 @@ async fn bad_input_is_refused_at_start_with_one_line_naming_the_flag() {
             "--cache-key-file",
             "only makes sense with --cache",
         ),
+        (
+            vec!["--webhook-listen", "127.0.0.1:0"],
+            "--webhook-cert",
+            "required",
+        ),
+        (
+            vec![
+                "--webhook-listen",
+                "127.0.0.1:0",
+                "--webhook-cert",
+                &cert,
+                "--webhook-key",
+                &key,
+                "--webhook-forward",
+                "http://127.0.0.1:3000/",
+            ],
+            "--webhook-client-ca",
+            "required",
+        ),
+        (
+            vec![
+                "--webhook-listen",
+                "127.0.0.1:0",
+                "--webhook-cert",
+                &cert,
+                "--webhook-key",
+                &key,
+                "--webhook-client-ca",
+                &ca,
+            ],
+            "--webhook-forward",
+            "required",
+        ),
+        (
+            vec![
+                "--webhook-listen",
+                "127.0.0.1:0",
+                "--webhook-cert",
+                &garbage,
+                "--webhook-key",
+                &key,
+                "--webhook-client-ca",
+                &ca,
+                "--webhook-forward",
+                "http://127.0.0.1:3000/",
+                "--webhook-allow-subject",
+                "psp",
+            ],
+            "--webhook-cert",
+            "no valid PEM certificate",
+        ),
+        (
+            vec![
+                "--webhook-listen",
+                "127.0.0.1:0",
+                "--webhook-cert",
+                &cert,
+                "--webhook-key",
+                &key,
+                "--webhook-client-ca",
+                &garbage,
+                "--webhook-forward",
+                "http://127.0.0.1:3000/",
+                "--webhook-allow-subject",
+                "psp",
+            ],
+            "--webhook-client-ca",
+            "no valid PEM certificate",
+        ),
+        (
+            vec!["--webhook-forward", "http://127.0.0.1:3000/"],
+            "--webhook-forward",
+            "only makes sense with --webhook-listen",
+        ),
     ];
     for (extra, flag, needle) in cases {
         let (code, stderr) = run_to_end(&env.flags(&extra));
@@ -133,6 +208,36 @@ fn help_lists_every_flag_and_never_shows_the_secret() {
         .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
+    for heading in [
+        "PSP and token:",
+        "Client identity:",
+        "Listeners:",
+        "Shared cache:",
+        "Webhooks:",
+        "Timeouts and limits:",
+        "Logging:",
+    ] {
+        assert!(help.contains(heading), "{heading} missing from --help");
+    }
+    for flag in [
+        "--cache-mode",
+        "--cache-username",
+        "--cache-key-prefix",
+        "--cache-sentinel-master",
+    ] {
+        // The section runs from its heading to the next one.
+        let shared = &help[help.find("Shared cache:").unwrap()..];
+        let end = shared
+            .match_indices('\n')
+            .map(|(i, _)| i)
+            .find(|&i| shared[i + 1..].starts_with(|c: char| c.is_ascii_uppercase()))
+            .unwrap_or(shared.len());
+        let section = &shared[..end];
+        assert!(
+            section.contains(flag),
+            "{flag} is not under Shared cache:\n{section}"
+        );
+    }
     assert!(!help.contains("do-not-show-me"));
     assert!(
         !help.contains("redis-password-value"),
@@ -162,6 +267,21 @@ fn help_lists_every_flag_and_never_shows_the_secret() {
         "--upstream-http1-only",
         "--log-format",
         "--allow-non-loopback",
+        "--webhook-listen",
+        "--webhook-cert",
+        "--webhook-key",
+        "--webhook-pkcs12",
+        "--webhook-pkcs12-password-file",
+        "--webhook-client-ca",
+        "--webhook-allow-subject",
+        "--webhook-allow-spki",
+        "--webhook-path",
+        "--webhook-forward",
+        "--webhook-timeout",
+        "--webhook-max-body",
+        "--webhook-verify",
+        "--webhook-url-secret-file",
+        "--webhook-allow-ip",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         let env_name = format!(

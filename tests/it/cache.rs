@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::support::redis_server::{RedisServer, TlsFiles, available};
 use crate::support::*;
 
-fn settings(ttl: Duration) -> PspSettings {
+pub(crate) fn settings(ttl: Duration) -> PspSettings {
     PspSettings {
         token_ttl: ttl,
         ..PspSettings::default()
@@ -18,7 +18,7 @@ fn settings(ttl: Duration) -> PspSettings {
 }
 
 /// Flags for a sidecar using `redis` as its shared cache.
-fn cache_flags(env: &Env, url: &str) -> Vec<String> {
+pub(crate) fn cache_flags(env: &Env, url: &str) -> Vec<String> {
     env.write("cache.key", &[0x42; 32]);
     vec![
         "--cache".into(),
@@ -28,7 +28,7 @@ fn cache_flags(env: &Env, url: &str) -> Vec<String> {
     ]
 }
 
-async fn start_replicas(env: &Env, n: usize, extra: &[&str]) -> Vec<Running> {
+pub(crate) async fn start_replicas(env: &Env, n: usize, extra: &[&str]) -> Vec<Running> {
     let mut out = Vec::new();
     for _ in 0..n {
         let flags: Vec<&str> = extra.to_vec();
@@ -38,7 +38,7 @@ async fn start_replicas(env: &Env, n: usize, extra: &[&str]) -> Vec<Running> {
 }
 
 /// One client loop per replica for `duration`; returns the number of failed requests.
-async fn load(replicas: &[Running], duration: Duration) -> (u64, u64) {
+pub(crate) async fn load(replicas: &[Running], duration: Duration) -> (u64, u64) {
     let mut tasks = Vec::new();
     for (i, r) in replicas.iter().enumerate() {
         let url = r.url(&format!("/cob/r{i}"));
@@ -220,7 +220,7 @@ async fn redis_killed_mid_run_loses_no_request_and_sharing_resumes_after_restart
         "replicas share tokens again once Redis is back"
     );
     let mut conn = redis.conn().await;
-    let keys: Vec<String> = conn.keys("pix-auth-proxy:v1:*").await.unwrap();
+    let keys: Vec<String> = conn.keys("pix-auth-proxy:v2:*").await.unwrap();
     assert!(!keys.is_empty(), "the token is cached again");
 }
 
@@ -251,7 +251,7 @@ async fn a_lock_whose_holder_died_expires_and_another_replica_renews_in_time() {
     tokio::time::sleep(Duration::from_millis(3_400)).await;
     let mut conn = redis.conn().await;
     let lock_key = format!("{}:lock", {
-        let keys: Vec<String> = conn.keys("pix-auth-proxy:v1:*").await.unwrap();
+        let keys: Vec<String> = conn.keys("pix-auth-proxy:v2:*").await.unwrap();
         keys.into_iter()
             .find(|k| !k.ends_with(":lock"))
             .expect("the token is cached")
@@ -306,7 +306,7 @@ async fn a_tampered_value_is_counted_never_injected_and_overwritten() {
     let first = Running::start(env.config(&extra)).await;
     first.ready().await;
     let mut conn = redis.conn().await;
-    let keys: Vec<String> = conn.keys("pix-auth-proxy:v1:*").await.unwrap();
+    let keys: Vec<String> = conn.keys("pix-auth-proxy:v2:*").await.unwrap();
     let key = keys.into_iter().find(|k| !k.ends_with(":lock")).unwrap();
     // An attacker with Redis access plants a value of a higher version.
     let _: () = redis::cmd("HSET")

@@ -1,5 +1,5 @@
-//! `pix-auth-proxy demo` as a newcomer runs it: start it, paste the printed curl lines,
-//! Ctrl-C.
+//! `pix-auth-proxy demo` as a newcomer runs it: start it, paste the printed curl lines
+//! (including the payment that comes back through the webhook), Ctrl-C.
 
 use std::time::Duration;
 
@@ -74,6 +74,7 @@ async fn demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c() {
     }
     assert!(curls.len() >= 6, "the banner prints the curl lines");
     let client = http_client();
+    let mut paid = false;
     for c in &curls {
         let app = c.url.starts_with(&format!("http://127.0.0.1:{port}/"));
         let admin = c
@@ -101,6 +102,12 @@ async fn demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c() {
             assert_eq!(got.status, 201);
             assert_eq!(got.json()["status"], "ATIVA");
         }
+        if c.url.ends_with("/pay") {
+            // The round trip: the mock PSP called the sidecar's webhook listener over mTLS,
+            // which forwarded to the demo app; the app's 204 became the PSP's 200.
+            assert_eq!(got.json()["webhook"]["status"], 200, "{:?}", got.json());
+            paid = true;
+        }
         if c.url.ends_with("/echo") {
             assert!(
                 got.upstream_authorization().starts_with("Bearer ey"),
@@ -108,6 +115,7 @@ async fn demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c() {
             );
         }
     }
+    assert!(paid, "the banner prints the pay line");
     // Renewals happen while it runs (3 s tokens).
     tokio::time::sleep(Duration::from_secs(3)).await;
     child.signal("INT");
@@ -117,4 +125,11 @@ async fn demo_serves_the_printed_curl_lines_and_stops_on_ctrl_c() {
         logs.matches("token_renewed").count() >= 2,
         "renewals are logged: {logs}"
     );
+    let received = logs
+        .lines()
+        .find(|l| l.contains("demo_app_received"))
+        .unwrap_or_else(|| panic!("the demo app logged the notification: {logs}"));
+    assert!(received.contains("webhook_event=pix"), "{received}");
+    assert!(received.contains("verified=true"), "{received}");
+    assert!(received.contains("webhook.mock-psp.local"), "{received}");
 }

@@ -15,7 +15,7 @@ use crate::support::*;
 
 /// `dir/..<version>/{cert.pem,key.pem}` and `dir/..data -> ..<version>`, swapped atomically
 /// like the kubelet does for Secret volumes.
-fn publish(dir: &Path, version: &str, cert_pem: &str, key_pem: &str) {
+pub(crate) fn publish(dir: &Path, version: &str, cert_pem: &str, key_pem: &str) {
     let data = dir.join(format!("..{version}"));
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("cert.pem"), cert_pem).unwrap();
@@ -34,7 +34,7 @@ fn publish(dir: &Path, version: &str, cert_pem: &str, key_pem: &str) {
 
 /// A sidecar reading its identity from `dir` (first published as `version`), polling it
 /// every 100 ms; ready.
-async fn sidecar_on_identity_dir(env: &Env, dir: &Path, version: &str) -> Running {
+pub(crate) async fn sidecar_on_identity_dir(env: &Env, dir: &Path, version: &str) -> Running {
     publish(dir, version, &env.client.cert_pem, &env.client.key_pem);
     let cert = dir.join("cert.pem").display().to_string();
     let key = dir.join("key.pem").display().to_string();

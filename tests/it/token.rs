@@ -112,9 +112,11 @@ async fn token_endpoint_outage_keeps_the_valid_token_then_503_after_expiry_then_
     let (ok, failed) = client_loop(sidecar.url("/cob/outage"), window).await;
     assert_eq!(failed, 0, "{ok} ok");
     let fetches_during_outage = env.psp.token_requests();
+    // The first fetch, then at least one renewal attempt in the ~0.9 s between the refresh
+    // point and the end of the usable window, retries no closer than 500 ms apart.
     assert!(
-        fetches_during_outage >= 3,
-        "the refresher kept retrying: {fetches_during_outage}"
+        (2..=4).contains(&fetches_during_outage),
+        "the refresher kept retrying, not too often: {fetches_during_outage}"
     );
     assert_eq!(sidecar.cell().current().unwrap().version(), 1);
 

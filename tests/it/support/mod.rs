@@ -4,10 +4,19 @@
 #![allow(dead_code)]
 
 pub mod body;
+pub mod fault;
+pub mod h2_frames;
+pub mod hostile_psp;
 pub mod logs;
+pub mod nginx_edge;
 pub mod process;
+pub mod raw;
+pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod redis_server;
 pub mod refusing_h2;
+pub mod repoint_relay;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +47,28 @@ pub struct Env {
     pub psp: MockPsp,
     pub settings: PspSettings,
     pub dir: tempfile::TempDir,
+}
+
+/// A TLS acceptor for a test PSP: `server`'s certificate, a client certificate issued by
+/// `pki` required (mTLS, as a PSP does), `alpn` offered.
+pub fn mtls_acceptor(pki: &Pki, server: &Leaf, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    let provider = pix_auth_proxy::tls::provider();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der().clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![server.cert_der.clone()], server.key_der())
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
 }
 
 pub async fn bind() -> TcpListener {
@@ -167,13 +198,21 @@ pub struct Running {
     pub health: std::sync::Arc<pix_auth_proxy::admin::Health>,
     pub current: pix_auth_proxy::generation::Current,
     pub reload: std::sync::Arc<tokio::sync::Notify>,
+    /// The webhook listener's address, when the config has one.
+    pub webhook: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<bool>,
 }
 
 impl Running {
     pub async fn start(config: Config) -> Self {
-        let sidecar = Sidecar::new(config).expect("sidecar starts");
+        let mut sidecar = Sidecar::new(config).expect("sidecar starts");
+        let mut webhook = None;
+        if sidecar.webhook().is_some() {
+            let l = bind().await;
+            webhook = Some(l.local_addr().unwrap());
+            sidecar.set_webhook_listener(l);
+        }
         let listener = bind().await;
         let addr = listener.local_addr().unwrap();
         let admin_listener = bind().await;
@@ -193,6 +232,7 @@ impl Running {
             health,
             current,
             reload,
+            webhook,
             stop: Some(tx),
             task,
         }

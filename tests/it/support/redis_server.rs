@@ -11,6 +11,7 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     tls: Option<TlsFiles>,
+    extra: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -20,7 +21,7 @@ pub struct TlsFiles {
     pub ca: PathBuf,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -53,12 +54,27 @@ impl RedisServer {
         Self::launch(Some(files))
     }
 
+    /// A TLS server with extra `redis-server` arguments.
+    pub fn start_tls_with(files: TlsFiles, extra: &[&str]) -> Self {
+        Self::launch_with(Some(files), extra)
+    }
+
+    /// A plain server with extra `redis-server` arguments (`--replicaof`, ACL users, …).
+    pub fn start_with(extra: &[&str]) -> Self {
+        Self::launch_with(None, extra)
+    }
+
     fn launch(tls: Option<TlsFiles>) -> Self {
+        Self::launch_with(tls, &[])
+    }
+
+    fn launch_with(tls: Option<TlsFiles>, extra: &[&str]) -> Self {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             tls,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         server.spawn();
         server
@@ -95,6 +111,7 @@ impl RedisServer {
                 cmd.arg("--tls-ca-cert-file").arg(&t.ca);
             }
         }
+        cmd.args(&self.extra);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -111,6 +128,10 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
     }
 
     pub fn url(&self) -> String {
@@ -162,4 +183,54 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Run `redis-cli` with `args`, returning its standard output (panics on failure).
+pub fn redis_cli(args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(args)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run redis-cli (Debian: redis-tools, installed with redis-server)");
+    assert!(
+        out.status.success(),
+        "redis-cli {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Poll `probe` every 50 ms until it is true; panic with `what` after `limit`. Returns how
+/// long it took.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut probe: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = tokio::time::Instant::now();
+    while !probe().await {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+/// `INFO <section>` of the server at `port`, or "" if it does not answer.
+pub async fn info(port: u16, section: &str) -> String {
+    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else {
+        return String::new();
+    };
+    let Ok(Ok(mut conn)) = tokio::time::timeout(
+        Duration::from_millis(500),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    else {
+        return String::new();
+    };
+    redis::cmd("INFO")
+        .arg(section)
+        .query_async::<String>(&mut conn)
+        .await
+        .unwrap_or_default()
 }

@@ -8,9 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use pix_auth_proxy::sandbox::{Leaf, Pki};
-use rustls::ServerConfig;
-use rustls::server::WebPkiClientVerifier;
-use tokio_rustls::TlsAcceptor;
 
 pub struct RefusingH2 {
     pub addr: SocketAddr,
@@ -31,21 +28,7 @@ impl RefusingH2 {
     pub async fn start(pki: &Pki, server: &Leaf, every: u64) -> Self {
         let listener = super::bind().await;
         let addr = listener.local_addr().unwrap();
-        let provider = pix_auth_proxy::tls::provider();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(pki.ca_der().clone()).unwrap();
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .unwrap();
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![server.cert_der.clone()], server.key_der())
-            .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let acceptor = super::mtls_acceptor(pki, server, &[b"h2"]);
         let answered = Arc::new(AtomicU64::new(0));
         let refused = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(AtomicU64::new(0));

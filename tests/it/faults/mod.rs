@@ -1,0 +1,119 @@
+//! Faults and abuse (issue 12): hostile apps, hostile PSPs, hostile token endpoints, a
+//! misbehaving network towards the PSP and Redis, and the process lifecycle under load.
+//! Every test here proves one promise of DESIGN.md "Reliability promise" over real sockets.
+
+mod bodies;
+mod h2c_smuggling;
+mod lifecycle;
+mod network;
+mod slow;
+mod smuggling;
+mod token;
+mod upstream;
+
+use pix_auth_proxy::metrics::Metrics;
+
+use crate::support::hostile_psp::HostilePsp;
+use crate::support::*;
+
+/// A sidecar whose API calls go to a [`HostilePsp`] (HTTP/1.1 only, as it offers no h2) and
+/// whose tokens come from the env's well-behaved mock PSP.
+pub struct Hostile {
+    pub env: Env,
+    pub psp: HostilePsp,
+    pub sidecar: Running,
+}
+
+pub async fn hostile(extra: &[&str]) -> Hostile {
+    let env = Env::new().await;
+    let server = env.pki.server().unwrap();
+    let psp = HostilePsp::start(&env.pki, &server).await;
+    let url = psp.url();
+    let mut flags = vec!["--upstream", url.as_str(), "--upstream-http1-only"];
+    flags.extend_from_slice(extra);
+    let sidecar = env.sidecar(&flags).await;
+    sidecar.ready().await;
+    Hostile { env, psp, sidecar }
+}
+
+/// The sum of every sample whose line starts with `prefix` (a name, optionally with the
+/// start of its label set), in this sidecar's Prometheus exposition.
+pub fn counter(metrics: &Metrics, prefix: &str) -> f64 {
+    metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub const UPSTREAM_ERRORS: &str = "pix_auth_proxy_upstream_errors_total";
+pub const DOWNSTREAM_BAD_REQUEST: &str =
+    "pix_auth_proxy_downstream_errors_total{kind=\"bad-request\"}";
+
+/// A plain GET answered 200 by the PSP: the sidecar still serves.
+pub async fn assert_still_serves(sidecar: &Running, path: &str) {
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), get(&sidecar.url(path)))
+        .await
+        .expect("a normal request is answered within 10 s");
+    assert_eq!(
+        got.status,
+        200,
+        "after the fault: {}",
+        String::from_utf8_lossy(&got.body)
+    );
+}
+
+/// Answers counted by a client loop: 2xx, other statuses, and requests with no answer.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub ok: u64,
+    pub non_2xx: u64,
+    pub unanswered: u64,
+}
+
+/// One sequential HTTP/1.1 client per URL for `duration`, each request bounded by 5 s.
+pub async fn load(urls: &[String], duration: std::time::Duration) -> Tally {
+    load_on(urls, duration, false).await
+}
+
+/// [`load`], over h2c (prior knowledge) if `h2c`.
+pub async fn load_on(urls: &[String], duration: std::time::Duration, h2c: bool) -> Tally {
+    let until = tokio::time::Instant::now() + duration;
+    let tasks: Vec<_> = urls
+        .iter()
+        .cloned()
+        .map(|url| {
+            tokio::spawn(async move {
+                let client = if h2c { h2c_client() } else { http_client() };
+                let mut t = Tally::default();
+                while tokio::time::Instant::now() < until {
+                    let req = http::Request::get(url.as_str()).body(empty()).unwrap();
+                    let answer = tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        client.request(req),
+                    )
+                    .await;
+                    match answer {
+                        Ok(Ok(resp)) if resp.status().is_success() => t.ok += 1,
+                        Ok(Ok(resp)) => {
+                            t.non_2xx += 1;
+                            eprintln!("non-2xx answer: {}", resp.status());
+                        }
+                        _ => t.unanswered += 1,
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                t
+            })
+        })
+        .collect();
+    let mut total = Tally::default();
+    for task in tasks {
+        let t = task.await.unwrap();
+        total.ok += t.ok;
+        total.non_2xx += t.non_2xx;
+        total.unanswered += t.unanswered;
+    }
+    total
+}
