@@ -7,7 +7,9 @@
 //! by its refresher) talking to the sandbox's mock PSP on a loopback port: the upstream is
 //! a real socket, not an in-memory one, because the pooled client's connector is concrete
 //! and giving it a type parameter would touch the hot path. One runtime, PSP and
-//! generation serve every input; each input gets a fresh app connection.
+//! generation serve every input; each input gets a fresh app connection. The connection
+//! watchdog of `server::serve` is left out: this target is about what the proxy does with
+//! the bytes, not how long a silent connection may stay.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -232,8 +234,8 @@ async fn exchange(h: &Harness, data: &[u8]) -> Vec<u8> {
     let write = async {
         // A write fails once the server closed its side: the rest is not read anyway.
         // Then close like an app that got its answers, or gave up waiting: a request whose
-        // body never arrives in full would otherwise wait on the app for ever (nothing in
-        // the sidecar bounds a request body's pace).
+        // body never arrives in full would otherwise keep every input waiting on the app
+        // (this loop has no watchdog; see the module header).
         if wr.write_all(data).await.is_ok() {
             let _ = tokio::time::timeout(SETTLE_BOUND, inflight.settle()).await;
         }
