@@ -281,9 +281,20 @@ impl Proxy {
         // Buffer small bodies of known size so a 401 can be replayed; stream the rest.
         let replayable = match body.size_hint().upper() {
             Some(n) if n as usize <= inner.opts.replay_limit => {
-                let bytes = Limited::new(body, inner.opts.replay_limit)
-                    .collect()
-                    .await
+                // Bounded: an app that announces a body and never sends it all would hold
+                // its connection (a request in flight is never idle) as long as it liked.
+                let bound = inner.opts.request_timeout;
+                let collected = tokio::time::timeout(
+                    bound,
+                    Limited::new(body, inner.opts.replay_limit).collect(),
+                )
+                .await
+                .map_err(|_| {
+                    ProxyError::BadRequest(format!(
+                        "request body not received in full within {bound:?}"
+                    ))
+                })?;
+                let bytes = collected
                     .map_err(|e| ProxyError::BadRequest(format!("request body: {e}")))?
                     .to_bytes();
                 Ok(bytes)

@@ -91,6 +91,17 @@ fn rows() -> Vec<Row> {
             expect: ProblemOrClosed(400, "bad-request"),
         },
         Row {
+            name: "app: buffered body that stops arriving, connection held open",
+            side: Side::App,
+            request: b"POST {P} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly-ten-b"
+                .to_vec(),
+            eof: false,
+            psp: vec![Step::Echo],
+            // Answered at --request-timeout (5 s here): a request in flight is never idle, so
+            // only this bound ends it.
+            expect: bad_request,
+        },
+        Row {
             name: "app: body shorter than its Content-Length, then EOF (streamed)",
             side: Side::App,
             request: streamed_short,
