@@ -20,10 +20,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures_util::FutureExt as _;
 use http::uri::Authority;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use secrecy::SecretString;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::Notify;
@@ -212,21 +210,10 @@ async fn exchange(h: &Harness, data: &[u8]) -> Vec<u8> {
     });
     let io = TokioIo::new(sidecar);
     let serve = async {
+        let (h1, any) = crate::server::builders(&opts);
         if is_h2c(data) {
-            let mut any = auto::Builder::new(TokioExecutor::new());
-            any.http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(opts.header_read_timeout)
-                .max_buf_size(opts.max_header_bytes.max(8192));
-            any.http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(u32::try_from(opts.max_header_bytes).unwrap_or(u32::MAX));
             let _ = any.serve_connection(io, service).await;
         } else {
-            let mut h1 = http1::Builder::new();
-            h1.timer(TokioTimer::new())
-                .header_read_timeout(opts.header_read_timeout)
-                .max_buf_size(opts.max_header_bytes.max(8192));
             let _ = h1.serve_connection(io, service).await;
         }
     };

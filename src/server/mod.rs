@@ -51,20 +51,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut h1 = http1::Builder::new();
-    h1.timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
-        // hyper's floor for the read buffer is 8 KiB.
-        .max_buf_size(opts.max_header_bytes.max(8192));
-    let mut any = auto::Builder::new(TokioExecutor::new());
-    any.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
-        .max_buf_size(opts.max_header_bytes.max(8192));
-    any.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(opts.max_header_bytes).unwrap_or(u32::MAX));
-    let builders = Arc::new((h1, any));
+    let builders = Arc::new(builders(&opts));
     let (header_timeout, idle_timeout) = (opts.header_read_timeout, opts.idle_timeout);
     let limits = Limits {
         max_connections: opts.max_connections,
@@ -109,6 +96,25 @@ where
         }
     })
     .await
+}
+
+/// The app listener's hyper settings: an HTTP/1.1 server, and the auto-detecting one used
+/// when a connection may be h2c (same head limits and timers in both).
+pub fn builders(opts: &ServerOptions) -> (http1::Builder, auto::Builder<TokioExecutor>) {
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        // hyper's floor for the read buffer is 8 KiB.
+        .max_buf_size(opts.max_header_bytes.max(8192));
+    let mut any = auto::Builder::new(TokioExecutor::new());
+    any.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .max_buf_size(opts.max_header_bytes.max(8192));
+    any.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(opts.max_header_bytes).unwrap_or(u32::MAX));
+    (h1, any)
 }
 
 /// How many connections a listener serves at once, and how long it drains.

@@ -456,34 +456,28 @@ async fn sentinel_master_killed_sidecars_follow_the_promoted_replica_without_a_f
     env.assert_logs_clean();
 }
 
-#[tokio::test]
-async fn sentinel_and_data_nodes_with_different_passwords_share_one_token() {
-    if !available() {
-        return;
-    }
-    let deployment =
-        RedisSentinels::start_with_passwords(Some("data-pw-1"), Some("sentinel-pw-2")).await;
-    let env = Env::with(settings(Duration::from_secs(30))).await;
-    env.write("data.pw", b"data-pw-1");
-    env.write("sentinel.pw", b"sentinel-pw-2");
+/// Three sidecars on `deployment`'s sentinels with `extra` flags share one token, and
+/// `check`'s three cache steps pass.
+async fn three_sidecars_share_one_token_through(
+    env: &Env,
+    deployment: &RedisSentinels,
+    extra: &[&str],
+    what: &str,
+) {
     let urls = deployment.urls();
-    let mut flags = cache_flags(&env, &urls[0]);
+    let mut flags = cache_flags(env, &urls[0]);
     for u in &urls[1..] {
         flags.extend(["--cache".to_string(), u.clone()]);
     }
-    let (data, sentinel) = (env.p("data.pw"), env.p("sentinel.pw"));
-    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
-    extra.extend([
+    let mut all: Vec<&str> = flags.iter().map(String::as_str).collect();
+    all.extend([
         "--cache-mode",
         "sentinel",
         "--cache-sentinel-master",
         MASTER_NAME,
-        "--cache-password-file",
-        &data,
-        "--cache-sentinel-password-file",
-        &sentinel,
     ]);
-    let configs: Vec<_> = (0..3).map(|_| env.config(&extra)).collect();
+    all.extend(extra);
+    let configs: Vec<_> = (0..3).map(|_| env.config(&all)).collect();
     let replicas = futures_util::future::join_all(configs.into_iter().map(Running::start)).await;
     for r in &replicas {
         r.ready().await;
@@ -491,9 +485,9 @@ async fn sentinel_and_data_nodes_with_different_passwords_share_one_token() {
     assert_eq!(
         env.psp.token_requests(),
         1,
-        "shared through authenticated sentinels"
+        "one token for three replicas {what}"
     );
-    let report = pix_auth_proxy::check::run(&env.config(&extra)).await;
+    let report = pix_auth_proxy::check::run(&env.config(&all)).await;
     let cache: Vec<_> = report
         .outcomes
         .iter()
@@ -504,9 +498,35 @@ async fn sentinel_and_data_nodes_with_different_passwords_share_one_token() {
         "{}",
         report.render()
     );
+    env.assert_logs_clean();
+}
+
+#[tokio::test]
+async fn sentinel_and_data_nodes_with_different_passwords_share_one_token() {
+    if !available() {
+        return;
+    }
+    let deployment =
+        RedisSentinels::start_with_passwords(Some("data-pw-1"), Some("sentinel-pw-2")).await;
+    let env = Env::with(settings(Duration::from_secs(30))).await;
+    env.write("data.pw", b"data-pw-1");
+    env.write("sentinel.pw", b"sentinel-pw-2");
+    let (data, sentinel) = (env.p("data.pw"), env.p("sentinel.pw"));
+    let extra = [
+        "--cache-password-file",
+        &data,
+        "--cache-sentinel-password-file",
+        &sentinel,
+    ];
+    three_sidecars_share_one_token_through(
+        &env,
+        &deployment,
+        &extra,
+        "through authenticated sentinels",
+    )
+    .await;
     let logs = crate::support::logs::captured();
     assert!(!logs.contains("data-pw-1") && !logs.contains("sentinel-pw-2"));
-    env.assert_logs_clean();
 }
 
 #[tokio::test]
@@ -524,47 +544,12 @@ async fn plain_sentinels_naming_tls_data_nodes_share_one_token_with_cache_data_t
         ca: env.path("ca.pem"),
     })
     .await;
-    let urls = deployment.urls();
     assert!(
-        urls[0].starts_with("redis://"),
+        deployment.urls()[0].starts_with("redis://"),
         "the sentinels are plain TCP"
     );
-    let mut flags = cache_flags(&env, &urls[0]);
-    for u in &urls[1..] {
-        flags.extend(["--cache".to_string(), u.clone()]);
-    }
     let ca = env.p("ca.pem");
-    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
-    extra.extend([
-        "--cache-mode",
-        "sentinel",
-        "--cache-sentinel-master",
-        MASTER_NAME,
-        "--cache-data-tls",
-        "on",
-        "--cache-ca",
-        &ca,
-    ]);
-    let configs: Vec<_> = (0..3).map(|_| env.config(&extra)).collect();
-    let replicas = futures_util::future::join_all(configs.into_iter().map(Running::start)).await;
-    for r in &replicas {
-        r.ready().await;
-    }
-    assert_eq!(
-        env.psp.token_requests(),
-        1,
-        "one token for three replicas through TLS data nodes"
-    );
-    let report = pix_auth_proxy::check::run(&env.config(&extra)).await;
-    let cache: Vec<_> = report
-        .outcomes
-        .iter()
-        .filter(|o| o.what == "shared cache")
-        .collect();
-    assert!(
-        cache.len() == 3 && cache.iter().all(|o| o.ok),
-        "{}",
-        report.render()
-    );
-    env.assert_logs_clean();
+    let extra = ["--cache-data-tls", "on", "--cache-ca", &ca];
+    three_sidecars_share_one_token_through(&env, &deployment, &extra, "through TLS data nodes")
+        .await;
 }
