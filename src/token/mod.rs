@@ -9,6 +9,8 @@
 pub mod cache;
 pub mod endpoint;
 pub mod refresher;
+pub mod response;
+pub mod schedule;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use endpoint::{TokenClient, TokenError};
-pub use refresher::{RefreshPolicy, Refresher, RefresherHandle};
+pub use refresher::{Refresher, RefresherHandle};
+pub use schedule::RefreshPolicy;
 
 /// One access token, ready to be injected.
 ///
