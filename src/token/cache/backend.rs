@@ -14,97 +14,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::{
-    AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, Pipeline, RedisFuture,
-    ServerErrorKind, Value,
-};
+use redis::{AsyncConnectionConfig, ConnectionInfo, ErrorKind, ServerErrorKind, Value};
 use secrecy::ExposeSecret;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{CacheConfig, CacheError, CacheMode, redacted_url};
+use super::{CacheConfig, CacheError, CacheMode};
 
+mod nodes;
 mod sentinel;
 use crate::metrics::Metrics;
+pub use nodes::Conn;
+use nodes::{Tls, is_tls, node_client, parse, with_auth};
 
 /// The shortest time between two rebuilds (and the first retry delay after a failed one).
 pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
 /// Retries of a failed rebuild back off up to this.
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
-
-/// One connection of any mode; cheap to clone (both kinds multiplex).
-#[derive(Clone)]
-pub enum Conn {
-    /// A standalone or sentinel-resolved primary.
-    Node(MultiplexedConnection),
-    /// A Redis Cluster (routes by slot, follows `MOVED` and failovers itself).
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Node(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Node(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Node(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-/// TLS material for every node of one kind (data nodes or sentinels).
-#[derive(Clone, Default)]
-struct Tls {
-    root: Option<Vec<u8>>,
-    client: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl Tls {
-    fn certs(&self) -> redis::TlsCertificates {
-        redis::TlsCertificates {
-            client_tls: self
-                .client
-                .as_ref()
-                .map(|(cert, key)| redis::ClientTlsConfig {
-                    client_cert: cert.clone(),
-                    client_key: key.clone(),
-                }),
-            root_cert: self.root.clone(),
-        }
-    }
-}
-
-fn is_tls(info: &ConnectionInfo) -> bool {
-    matches!(info.addr(), ConnectionAddr::TcpTls { .. })
-}
-
-fn node_client(info: ConnectionInfo, tls: &Tls) -> Result<redis::Client, CacheError> {
-    Ok(if is_tls(&info) {
-        redis::Client::build_with_tls(info, tls.certs())?
-    } else {
-        redis::Client::open(info)?
-    })
-}
 
 /// Where the primary is found.
 enum Target {
@@ -165,27 +92,6 @@ pub fn reconnect_reason(e: &CacheError) -> Option<&'static str> {
         },
         _ => None,
     }
-}
-
-fn parse(url: &str, flag: &str) -> Result<ConnectionInfo, CacheError> {
-    redis::IntoConnectionInfo::into_connection_info(url)
-        .map_err(|e| CacheError::Setup(format!("{flag} {}: {e}", redacted_url(url))))
-}
-
-/// `info` with the user and password of `user` / `password` (when given).
-fn with_auth(
-    info: ConnectionInfo,
-    user: Option<&str>,
-    password: Option<&secrecy::SecretString>,
-) -> ConnectionInfo {
-    let mut settings = info.redis_settings().clone();
-    if let Some(u) = user {
-        settings = settings.set_username(u);
-    }
-    if let Some(p) = password {
-        settings = settings.set_password(p.expose_secret());
-    }
-    info.set_redis_settings(settings)
 }
 
 impl Backend {
