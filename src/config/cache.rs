@@ -15,25 +15,43 @@ pub(super) fn cache_config(
     warnings: &mut Vec<String>,
 ) -> Result<Option<CacheConfig>, ConfigError> {
     use secrecy::ExposeSecret;
-    let mode = match args.cache_mode {
+    let mode = match args.shared_cache.cache_mode {
         CacheModeArg::Standalone => CacheMode::Standalone,
         CacheModeArg::Cluster => CacheMode::Cluster,
         CacheModeArg::Sentinel => CacheMode::Sentinel,
     };
-    if args.cache.is_empty() {
+    if args.shared_cache.cache.is_empty() {
         for (flag, set) in [
-            ("--cache-key-file", args.cache_key_file.is_some()),
-            ("--cache-password-file", args.cache_password_file.is_some()),
-            ("--cache-ca", args.cache_ca.is_some()),
-            ("--cache-client-cert", args.cache_client_cert.is_some()),
+            (
+                "--cache-key-file",
+                args.shared_cache.cache_key_file.is_some(),
+            ),
+            (
+                "--cache-password-file",
+                args.shared_cache.cache_password_file.is_some(),
+            ),
+            ("--cache-ca", args.shared_cache.cache_ca.is_some()),
+            (
+                "--cache-client-cert",
+                args.shared_cache.cache_client_cert.is_some(),
+            ),
             ("--cache-mode", mode != CacheMode::Standalone),
-            ("--cache-username", args.cache_username.is_some()),
-            ("--cache-key-prefix", args.cache_key_prefix.is_some()),
+            (
+                "--cache-username",
+                args.shared_cache.cache_username.is_some(),
+            ),
+            (
+                "--cache-key-prefix",
+                args.shared_cache.cache_key_prefix.is_some(),
+            ),
             (
                 "--cache-sentinel-master",
-                args.cache_sentinel_master.is_some(),
+                args.shared_cache.cache_sentinel_master.is_some(),
             ),
-            ("--cache-data-tls", args.cache_data_tls != DataTlsArg::Same),
+            (
+                "--cache-data-tls",
+                args.shared_cache.cache_data_tls != DataTlsArg::Same,
+            ),
         ] {
             if set {
                 return Err(err(flag, "only makes sense with --cache"));
@@ -42,7 +60,7 @@ pub(super) fn cache_config(
         return Ok(None);
     }
     let mut schemes = Vec::new();
-    for url in &args.cache {
+    for url in &args.shared_cache.cache {
         let shown = crate::token::cache::redacted_url(url.expose_secret());
         match url.expose_secret().split_once("://").map(|(s, _)| s) {
             Some(s @ ("redis" | "rediss")) => schemes.push(s),
@@ -75,16 +93,16 @@ pub(super) fn cache_config(
             "mixes redis:// and rediss:// URLs: every node is reached the same way",
         ));
     }
-    if mode == CacheMode::Standalone && args.cache.len() > 1 {
+    if mode == CacheMode::Standalone && args.shared_cache.cache.len() > 1 {
         return Err(err(
             "--cache",
             format!(
                 "is given {} URLs; standalone mode takes one (several: --cache-mode cluster or sentinel)",
-                args.cache.len()
+                args.shared_cache.cache.len()
             ),
         ));
     }
-    match (mode, &args.cache_sentinel_master) {
+    match (mode, &args.shared_cache.cache_sentinel_master) {
         (CacheMode::Sentinel, None) => {
             return Err(err(
                 "--cache-sentinel-master",
@@ -99,17 +117,20 @@ pub(super) fn cache_config(
             for (flag, set) in [
                 (
                     "--cache-sentinel-master",
-                    args.cache_sentinel_master.is_some(),
+                    args.shared_cache.cache_sentinel_master.is_some(),
                 ),
                 (
                     "--cache-sentinel-username",
-                    args.cache_sentinel_username.is_some(),
+                    args.shared_cache.cache_sentinel_username.is_some(),
                 ),
                 (
                     "--cache-sentinel-password-file",
-                    args.cache_sentinel_password_file.is_some(),
+                    args.shared_cache.cache_sentinel_password_file.is_some(),
                 ),
-                ("--cache-data-tls", args.cache_data_tls != DataTlsArg::Same),
+                (
+                    "--cache-data-tls",
+                    args.shared_cache.cache_data_tls != DataTlsArg::Same,
+                ),
             ] {
                 if set {
                     return Err(err(flag, "only makes sense with --cache-mode sentinel"));
@@ -117,7 +138,11 @@ pub(super) fn cache_config(
             }
         }
     }
-    let key_prefix = args.cache_key_prefix.clone().unwrap_or_default();
+    let key_prefix = args
+        .shared_cache
+        .cache_key_prefix
+        .clone()
+        .unwrap_or_default();
     if key_prefix.contains(['{', '}']) {
         return Err(err(
             "--cache-key-prefix",
@@ -134,13 +159,14 @@ pub(super) fn cache_config(
         ));
     }
     if args
+        .shared_cache
         .cache_username
         .as_deref()
         .is_some_and(|u| u.trim().is_empty())
     {
         return Err(err("--cache-username", "must not be empty"));
     }
-    let key_file = args.cache_key_file.as_ref().ok_or_else(|| {
+    let key_file = args.shared_cache.cache_key_file.as_ref().ok_or_else(|| {
         err(
             "--cache-key-file",
             "is required with --cache: cached tokens are always encrypted",
@@ -151,52 +177,55 @@ pub(super) fn cache_config(
     if let Some(w) = permissive_mode(key_file) {
         warnings.push(format!("--cache-key-file {}: {w}", key_file.display()));
     }
-    let password = match &args.cache_password_file {
+    let password = match &args.shared_cache.cache_password_file {
         Some(p) => Some(read_secret("--cache-password-file", p, warnings)?),
         None => None,
     };
-    let sentinel_password = match &args.cache_sentinel_password_file {
+    let sentinel_password = match &args.shared_cache.cache_sentinel_password_file {
         Some(p) => Some(read_secret("--cache-sentinel-password-file", p, warnings)?),
         None => None,
     };
-    let data_tls = match args.cache_data_tls {
+    let data_tls = match args.shared_cache.cache_data_tls {
         DataTlsArg::Same => None,
         DataTlsArg::On => Some(true),
         DataTlsArg::Off => Some(false),
     };
     let tls = schemes[0] == "rediss" || data_tls == Some(true);
-    if !tls && (args.cache_ca.is_some() || args.cache_client_cert.is_some()) {
+    if !tls
+        && (args.shared_cache.cache_ca.is_some() || args.shared_cache.cache_client_cert.is_some())
+    {
         return Err(err(
             "--cache-ca",
             "TLS settings need a rediss:// --cache URL (or --cache-data-tls on)",
         ));
     }
     for (flag, path) in [
-        ("--cache-ca", &args.cache_ca),
-        ("--cache-client-cert", &args.cache_client_cert),
-        ("--cache-client-key", &args.cache_client_key),
+        ("--cache-ca", &args.shared_cache.cache_ca),
+        ("--cache-client-cert", &args.shared_cache.cache_client_cert),
+        ("--cache-client-key", &args.shared_cache.cache_client_key),
     ] {
         if let Some(p) = path {
             readable_file(flag, p)?;
         }
     }
-    positive("--cache-timeout", args.cache_timeout)?;
+    positive("--cache-timeout", args.shared_cache.cache_timeout)?;
     Ok(Some(CacheConfig {
         mode,
-        urls: args.cache.clone(),
+        urls: args.shared_cache.cache.clone(),
         key: Arc::new(key),
-        ca: args.cache_ca.clone(),
+        ca: args.shared_cache.cache_ca.clone(),
         client_identity: args
+            .shared_cache
             .cache_client_cert
             .clone()
-            .zip(args.cache_client_key.clone()),
-        username: args.cache_username.clone(),
+            .zip(args.shared_cache.cache_client_key.clone()),
+        username: args.shared_cache.cache_username.clone(),
         password,
         key_prefix,
-        sentinel_master: args.cache_sentinel_master.clone(),
-        sentinel_username: args.cache_sentinel_username.clone(),
+        sentinel_master: args.shared_cache.cache_sentinel_master.clone(),
+        sentinel_username: args.shared_cache.cache_sentinel_username.clone(),
         sentinel_password,
         data_tls,
-        op_timeout: args.cache_timeout,
+        op_timeout: args.shared_cache.cache_timeout,
     }))
 }

@@ -167,35 +167,44 @@ pub(super) fn webhook_config(
     warnings: &mut Vec<String>,
 ) -> Result<Option<WebhookConfig>, ConfigError> {
     let flags = IdentityFlags {
-        cert: ("--webhook-cert", args.webhook_cert.as_ref()),
-        key: ("--webhook-key", args.webhook_key.as_ref()),
-        pkcs12: ("--webhook-pkcs12", args.webhook_pkcs12.as_ref()),
+        cert: ("--webhook-cert", args.webhook.webhook_cert.as_ref()),
+        key: ("--webhook-key", args.webhook.webhook_key.as_ref()),
+        pkcs12: ("--webhook-pkcs12", args.webhook.webhook_pkcs12.as_ref()),
         password_file: (
             "--webhook-pkcs12-password-file",
-            args.webhook_pkcs12_password_file.as_ref(),
+            args.webhook.webhook_pkcs12_password_file.as_ref(),
         ),
         password_env: None,
         what: "PEM server certificate the PSP sees",
     };
-    let Some(listen) = args.webhook_listen else {
+    let Some(listen) = args.webhook.webhook_listen else {
         let given = [
             ("--webhook-cert", flags.any()),
-            ("--webhook-client-ca", !args.webhook_client_ca.is_empty()),
+            (
+                "--webhook-client-ca",
+                !args.webhook.webhook_client_ca.is_empty(),
+            ),
             (
                 "--webhook-allow-subject",
-                !args.webhook_allow_subject.is_empty(),
+                !args.webhook.webhook_allow_subject.is_empty(),
             ),
-            ("--webhook-allow-spki", !args.webhook_allow_spki.is_empty()),
-            ("--webhook-forward", args.webhook_forward.is_some()),
+            (
+                "--webhook-allow-spki",
+                !args.webhook.webhook_allow_spki.is_empty(),
+            ),
+            ("--webhook-forward", args.webhook.webhook_forward.is_some()),
             (
                 "--webhook-verify",
-                args.webhook_verify != WebhookVerify::Off,
+                args.webhook.webhook_verify != WebhookVerify::Off,
             ),
             (
                 "--webhook-url-secret-file",
-                args.webhook_url_secret_file.is_some(),
+                args.webhook.webhook_url_secret_file.is_some(),
             ),
-            ("--webhook-allow-ip", !args.webhook_allow_ip.is_empty()),
+            (
+                "--webhook-allow-ip",
+                !args.webhook.webhook_allow_ip.is_empty(),
+            ),
         ];
         if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
             return Err(err(flag, "only makes sense with --webhook-listen"));
@@ -209,20 +218,21 @@ pub(super) fn webhook_config(
         ));
     }
     let identity = identity_source(flags, warnings)?;
-    for ca in &args.webhook_client_ca {
+    for ca in &args.webhook.webhook_client_ca {
         readable_file("--webhook-client-ca", ca)?;
     }
-    let url_secret = match &args.webhook_url_secret_file {
+    let url_secret = match &args.webhook.webhook_url_secret_file {
         Some(f) => Some(read_secret("--webhook-url-secret-file", f, warnings)?),
         None => None,
     };
-    if args.webhook_client_ca.is_empty() && url_secret.is_none() {
+    if args.webhook.webhook_client_ca.is_empty() && url_secret.is_none() {
         return Err(err(
             "--webhook-client-ca",
             "is required with --webhook-listen: the CA bundle that issues the PSP's client certificate (or opt into --webhook-url-secret-file for PSPs that call without one)",
         ));
     }
     let allow_spki = args
+        .webhook
         .webhook_allow_spki
         .iter()
         .map(|s| {
@@ -235,6 +245,7 @@ pub(super) fn webhook_config(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let allow_ip = args
+        .webhook
         .webhook_allow_ip
         .iter()
         .map(|s| {
@@ -246,7 +257,7 @@ pub(super) fn webhook_config(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let path = &args.webhook_path;
+    let path = &args.webhook.webhook_path;
     if !path.starts_with('/') || path.contains('?') || path.contains('#') {
         return Err(err(
             "--webhook-path",
@@ -254,16 +265,22 @@ pub(super) fn webhook_config(
         ));
     }
     let forward = forward_url(args)?;
-    positive("--webhook-timeout", args.webhook_timeout)?;
-    if !(1..=MAX_BODY_LIMIT).contains(&args.webhook_max_body) {
+    positive("--webhook-timeout", args.webhook.webhook_timeout)?;
+    if !(1..=MAX_BODY_LIMIT).contains(&args.webhook.webhook_max_body) {
         return Err(err(
             "--webhook-max-body",
-            format!("{} is outside 1..={MAX_BODY_LIMIT}", args.webhook_max_body),
+            format!(
+                "{} is outside 1..={MAX_BODY_LIMIT}",
+                args.webhook.webhook_max_body
+            ),
         ));
     }
     // With a URL secret, the sidecar itself warns at start that callers without a verified
     // certificate are accepted (the demo and tests build configs without these warnings).
-    if url_secret.is_none() && args.webhook_allow_subject.is_empty() && allow_spki.is_empty() {
+    if url_secret.is_none()
+        && args.webhook.webhook_allow_subject.is_empty()
+        && allow_spki.is_empty()
+    {
         warnings.push(
             "--webhook-client-ca: without --webhook-allow-subject or --webhook-allow-spki, anyone holding a certificate from these CAs is accepted as the PSP".into(),
         );
@@ -271,15 +288,15 @@ pub(super) fn webhook_config(
     Ok(Some(WebhookConfig {
         listen,
         identity,
-        client_ca: args.webhook_client_ca.clone(),
+        client_ca: args.webhook.webhook_client_ca.clone(),
         extra_client_ca: Vec::new(),
-        allow_subject: args.webhook_allow_subject.clone(),
+        allow_subject: args.webhook.webhook_allow_subject.clone(),
         allow_spki,
         path: path.trim_end_matches('/').to_owned(),
         forward,
-        timeout: args.webhook_timeout,
-        max_body: args.webhook_max_body,
-        verify: args.webhook_verify,
+        timeout: args.webhook.webhook_timeout,
+        max_body: args.webhook.webhook_max_body,
+        verify: args.webhook.webhook_verify,
         url_secret,
         allow_ip,
     }))
@@ -287,7 +304,7 @@ pub(super) fn webhook_config(
 
 fn forward_url(args: &RunArgs) -> Result<Uri, ConfigError> {
     const FLAG: &str = "--webhook-forward";
-    let value = args.webhook_forward.as_deref().ok_or_else(|| {
+    let value = args.webhook.webhook_forward.as_deref().ok_or_else(|| {
         err(
             FLAG,
             "is required with --webhook-listen (the app's plain-HTTP endpoint, e.g. http://127.0.0.1:3000/pix-webhook)",

@@ -14,6 +14,11 @@ use crate::provider::Environment;
 use crate::telemetry::LogFormat;
 use crate::token::endpoint::{ClientAuth, TokenEncoding};
 
+mod cache;
+mod webhook;
+pub use cache::{CacheArgs, CacheModeArg, DataTlsArg};
+pub use webhook::{WebhookArgs, WebhookVerify};
+
 /// Environment variable holding the client secret when `--client-secret-file` is not used.
 /// There is deliberately no plain `--client-secret` flag: it would show in `ps`.
 pub const CLIENT_SECRET_ENV: &str = "PIX_AUTH_PROXY_CLIENT_SECRET";
@@ -231,117 +236,9 @@ pub struct RunArgs {
     )]
     pub upstream_http1_only: bool,
 
-    /// Shared token cache for many replicas: redis:// or rediss:// URL (may hold the password;
-    /// prefer the env variable from a Secret). Requires --cache-key-file. Repeat it (or
-    /// separate by commas) for cluster seed nodes or sentinels.
-    #[arg(long, env = "PIX_AUTH_PROXY_CACHE", hide_env_values = true, value_parser = secret, value_delimiter = ',', help_heading = "Shared cache")]
-    pub cache: Vec<SecretString>,
-
-    /// How the cache is deployed: one primary behind one name (a DNS failover is followed),
-    /// a Redis Cluster (--cache: seed nodes), or Sentinel (--cache: the sentinels).
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_CACHE_MODE",
-        value_enum,
-        default_value = "standalone",
-        help_heading = "Shared cache"
-    )]
-    pub cache_mode: CacheModeArg,
-
-    /// ACL user of the cache's data nodes (its password: --cache-password-file).
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_CACHE_USERNAME",
-        help_heading = "Shared cache"
-    )]
-    pub cache_username: Option<String>,
-
-    /// Prefix of every key and channel, so that an ACL can confine the sidecar to ~prefix*.
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_CACHE_KEY_PREFIX",
-        help_heading = "Shared cache"
-    )]
-    pub cache_key_prefix: Option<String>,
-
-    /// Sentinel mode: the name of the master the sentinels monitor.
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_CACHE_SENTINEL_MASTER",
-        help_heading = "Shared cache"
-    )]
-    pub cache_sentinel_master: Option<String>,
-
-    /// Sentinel mode: the sentinels' ACL user, when it differs from the data nodes' (none).
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_CACHE_SENTINEL_USERNAME",
-        help_heading = "Shared cache"
-    )]
-    pub cache_sentinel_username: Option<String>,
-
-    /// Sentinel mode: file holding the sentinels' password (they often have none, or not the
-    /// data nodes').
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_CACHE_SENTINEL_PASSWORD_FILE",
-        help_heading = "Shared cache"
-    )]
-    pub cache_sentinel_password_file: Option<PathBuf>,
-
-    /// Sentinel mode: whether the data nodes the sentinels name speak TLS: `same` as the
-    /// sentinels (the scheme of --cache), `on` or `off`; --cache-ca and --cache-client-cert
-    /// serve both.
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_CACHE_DATA_TLS",
-        value_enum,
-        default_value = "same",
-        help_heading = "Shared cache"
-    )]
-    pub cache_data_tls: DataTlsArg,
-
-    /// 32-byte key (raw or Base64) encrypting cached tokens; the same on every replica.
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_CACHE_KEY_FILE",
-        help_heading = "Shared cache"
-    )]
-    pub cache_key_file: Option<PathBuf>,
-
-    /// File holding the Redis password (instead of putting it in the URL).
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_CACHE_PASSWORD_FILE",
-        help_heading = "Shared cache"
-    )]
-    pub cache_password_file: Option<PathBuf>,
-
-    /// PEM CA for a rediss:// cache (default: system roots).
-    #[arg(long, env = "PIX_AUTH_PROXY_CACHE_CA", help_heading = "Shared cache")]
-    pub cache_ca: Option<PathBuf>,
-
-    /// PEM client certificate for a rediss:// cache that requires one.
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_CACHE_CLIENT_CERT",
-        requires = "cache_client_key",
-        help_heading = "Shared cache"
-    )]
-    pub cache_client_cert: Option<PathBuf>,
-
-    /// PEM private key of --cache-client-cert.
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_CACHE_CLIENT_KEY",
-        requires = "cache_client_cert",
-        help_heading = "Shared cache"
-    )]
-    pub cache_client_key: Option<PathBuf>,
-
-    /// Bound on every call to the shared cache; past it the sidecar fetches locally.
-    #[arg(long, env = "PIX_AUTH_PROXY_CACHE_TIMEOUT", default_value = "500ms", value_parser = duration, help_heading = "Shared cache")]
-    pub cache_timeout: Duration,
+    /// The shared token cache (`--cache*`).
+    #[command(flatten)]
+    pub shared_cache: CacheArgs,
 
     /// How often the certificate, key, CA and secret files are checked for changes (a change,
     /// or SIGHUP, loads them as a new identity without dropping a request).
@@ -425,153 +322,13 @@ pub struct RunArgs {
     )]
     pub max_header_bytes: usize,
 
-    /// PSP-facing mTLS listener for webhooks (off unless given). It faces the PSP, so a
-    /// public address (0.0.0.0:8443) is expected; it never forwards an unauthenticated caller.
-    #[arg(long, env = "PIX_AUTH_PROXY_WEBHOOK_LISTEN", help_heading = "Webhooks")]
-    pub webhook_listen: Option<SocketAddr>,
-
-    /// PEM certificate chain the PSP sees on the webhook listener (leaf first).
-    #[arg(long, env = "PIX_AUTH_PROXY_WEBHOOK_CERT", help_heading = "Webhooks")]
-    pub webhook_cert: Option<PathBuf>,
-
-    /// PEM private key of --webhook-cert.
-    #[arg(long, env = "PIX_AUTH_PROXY_WEBHOOK_KEY", help_heading = "Webhooks")]
-    pub webhook_key: Option<PathBuf>,
-
-    /// Webhook server identity as PKCS#12, instead of --webhook-cert/--webhook-key.
-    #[arg(long, env = "PIX_AUTH_PROXY_WEBHOOK_PKCS12", conflicts_with_all = ["webhook_cert", "webhook_key"], help_heading = "Webhooks")]
-    pub webhook_pkcs12: Option<PathBuf>,
-
-    /// File holding the password of --webhook-pkcs12 (none: empty password).
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_WEBHOOK_PKCS12_PASSWORD_FILE",
-        help_heading = "Webhooks"
-    )]
-    pub webhook_pkcs12_password_file: Option<PathBuf>,
-
-    /// PEM CA bundle that issues the PSP's client certificate; repeat for several bundles
-    /// (e.g. production and homologação chains), no concatenation needed.
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_WEBHOOK_CLIENT_CA",
-        value_delimiter = ',',
-        help_heading = "Webhooks"
-    )]
-    pub webhook_client_ca: Vec<PathBuf>,
-
-    /// Accept only callers whose certificate subject DN or CN equals this; repeatable.
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_WEBHOOK_ALLOW_SUBJECT",
-        help_heading = "Webhooks"
-    )]
-    pub webhook_allow_subject: Vec<String>,
-
-    /// Accept only callers whose leaf public key (SHA-256 of the SubjectPublicKeyInfo, hex or
-    /// Base64) is this; repeatable.
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_WEBHOOK_ALLOW_SPKI",
-        value_delimiter = ',',
-        help_heading = "Webhooks"
-    )]
-    pub webhook_allow_spki: Vec<String>,
-
-    /// The path the webhook URL was registered with; /pix, /rec and /cobr follow it.
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_WEBHOOK_PATH",
-        default_value = "/",
-        help_heading = "Webhooks"
-    )]
-    pub webhook_path: String,
-
-    /// The app's plain-HTTP endpoint that receives the notifications (loopback unless
-    /// --allow-non-loopback).
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_WEBHOOK_FORWARD",
-        help_heading = "Webhooks"
-    )]
-    pub webhook_forward: Option<String>,
-
-    /// Time allowed for the app to answer a forwarded notification (then 503: the PSP retries).
-    #[arg(long, env = "PIX_AUTH_PROXY_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = duration, help_heading = "Webhooks")]
-    pub webhook_timeout: Duration,
-
-    /// Largest notification body accepted, in bytes (larger: 413).
-    #[arg(long, env = "PIX_AUTH_PROXY_WEBHOOK_MAX_BODY", default_value_t = 1024 * 1024, help_heading = "Webhooks")]
-    pub webhook_max_body: usize,
-
-    /// Confirm each notified Pix with the PSP (GET /pix/{endToEndId}) before the app trusts it:
-    /// `on` marks X-Pix-Webhook-Verified, `require` also drops unconfirmed ones.
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_WEBHOOK_VERIFY",
-        value_enum,
-        default_value = "off",
-        help_heading = "Webhooks"
-    )]
-    pub webhook_verify: WebhookVerify,
-
-    /// For PSPs that call without a client certificate (Efí's "skip mTLS"): a file holding the
-    /// secret the registered URL carries as `?hmac=`; callers without it get 403.
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_WEBHOOK_URL_SECRET_FILE",
-        help_heading = "Webhooks"
-    )]
-    pub webhook_url_secret_file: Option<PathBuf>,
-
-    /// Accept webhook callers only from this network (CIDR, e.g. 203.0.113.0/24); repeatable.
-    #[arg(
-        long,
-        env = "PIX_AUTH_PROXY_WEBHOOK_ALLOW_IP",
-        value_delimiter = ',',
-        help_heading = "Webhooks"
-    )]
-    pub webhook_allow_ip: Vec<String>,
+    /// The webhook listener (`--webhook-*`).
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
 
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,
-}
-
-/// `--webhook-verify`: whether notified Pix are confirmed with the PSP before forwarding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum WebhookVerify {
-    /// Forward as received.
-    #[default]
-    Off,
-    /// Look each Pix up and set `X-Pix-Webhook-Verified: true|false`.
-    On,
-    /// As `on`, and drop (200, WARN) a notification that is not confirmed.
-    Require,
-}
-
-/// `--cache-mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum CacheModeArg {
-    /// One primary (a DNS failover is followed).
-    #[default]
-    Standalone,
-    /// Redis Cluster.
-    Cluster,
-    /// Redis Sentinel.
-    Sentinel,
-}
-
-/// `--cache-data-tls`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum DataTlsArg {
-    /// As the sentinels: `rediss://` sentinels, TLS data nodes.
-    #[default]
-    Same,
-    /// TLS to the data nodes, whatever the sentinels speak.
-    On,
-    /// Plain TCP to the data nodes, whatever the sentinels speak.
-    Off,
 }
 
 /// Logging flags, shared by every subcommand.
