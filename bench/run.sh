@@ -86,6 +86,7 @@ fi
 : "${PROXY_CPU:=1}" "${LOAD_CPU:=0}"
 : "${UP_KEEPALIVE_S:=2}" "${UP_H2_MAX_STREAMS:=128}" "${UP_READ_BODY:=1}"
 : "${UP_KEEPALIVE_REQUESTS:=1000000000}"
+: "${UP_PROTO:=h2}"
 : "${ECHO_MODULE:=/usr/lib/nginx/modules/ngx_http_echo_module.so}"
 : "${TOKEN_TTL:=300}"
 : "${PYTHON:=python3}"
@@ -299,7 +300,16 @@ common_kv() {
     printf '%s\n' "USER_LINE=$user_line" "CERTS=$WORK/certs" "TOKEN=$TOKEN" "UP_PORT=$UP_PORT" \
         "STUB_PORT=$STUB_PORT" "TOKEN_PORT_A=$TOKEN_PORT_A" "TOKEN_PORT_B=$TOKEN_PORT_B" \
         "TOKEN_TTL=$TOKEN_TTL" "UP_KEEPALIVE_TIMEOUT=${UP_KEEPALIVE_S}s" \
-        "UP_H2_MAX_STREAMS=$UP_H2_MAX_STREAMS" "UP_KEEPALIVE_REQUESTS=$UP_KEEPALIVE_REQUESTS"
+        "UP_H2_MAX_STREAMS=$UP_H2_MAX_STREAMS" "UP_KEEPALIVE_REQUESTS=$UP_KEEPALIVE_REQUESTS" \
+        "UP_HTTP2=$(up_http2)"
+}
+
+up_http2() { # the upstream listener's http2 parameter for UP_PROTO
+    case $UP_PROTO in
+        h2) echo " http2" ;;
+        http1) echo "" ;;
+        *) die "UP_PROTO must be h2 or http1, not $UP_PROTO" ;;
+    esac
 }
 
 nginx_dir() {
