@@ -86,12 +86,22 @@ fi
 : "${PROXY_CPU:=1}" "${LOAD_CPU:=0}"
 : "${UP_KEEPALIVE_S:=2}" "${UP_H2_MAX_STREAMS:=128}" "${UP_READ_BODY:=1}"
 : "${UP_KEEPALIVE_REQUESTS:=1000000000}"
-: "${UP_PROTO:=h2}"
+# UP_PROTOS: the upstream modes a run covers, in turn; UP_PROTO alone (no UP_PROTOS) is one mode.
+if [[ -z ${UP_PROTOS:-} ]]; then
+    if [[ -n ${UP_PROTO:-} ]]; then UP_PROTOS=$UP_PROTO; else UP_PROTOS="h2 http1"; fi
+fi
+read -r -a UP_PROTO_LIST <<<"$UP_PROTOS"
+((${#UP_PROTO_LIST[@]})) || { echo "UP_PROTOS is empty" >&2; exit 2; }
+for _p in "${UP_PROTO_LIST[@]}"; do
+    [[ $_p == h2 || $_p == http1 ]] || { echo "UP_PROTOS/UP_PROTO: h2 or http1, not $_p" >&2; exit 2; }
+done
+UP_PROTO=${UP_PROTO_LIST[0]}
+: "${SCENARIOS_H2:=get post16k c256 post1m}" "${SCENARIOS_HTTP1:=get post16k c256 p256}"
+: "${HOG_PCT:=20}" "${HOG_SCENARIOS:=get}" "${HOG_PROTOS:=http1}"
 : "${ECHO_MODULE:=/usr/lib/nginx/modules/ngx_http_echo_module.so}"
 : "${TOKEN_TTL:=300}"
 : "${PYTHON:=python3}"
 PEERS=(nginx haproxy envoy)
-SCENARIOS=(get post16k c256 post1m)
 
 # Ports (all on 127.0.0.1).
 UP_PORT=$((PORT_BASE + 0))
@@ -341,7 +351,21 @@ start_infra() {
     chmod 600 "$WORK/certs/client-bundle.pem"
     TOKEN="bench-$(openssl rand -hex 20)"
 
-    log "upstream nginx (mTLS API, 127.0.0.1:$UP_PORT) and token endpoint, on core $LOAD_CPU"
+    log "token endpoint (mTLS, 127.0.0.1:$TOKEN_PORT_A and :$TOKEN_PORT_B), on core $LOAD_CPU"
+    start_nginx token token-nginx.conf.tmpl "$LOAD_CPU"
+    wait_until 20 "token endpoint" curl -s -o /dev/null --cacert "$WORK/certs/ca.pem" \
+        "https://127.0.0.1:$TOKEN_PORT_A/"
+}
+
+# (Re)starts the upstream nginx with the listener for UP_PROTO. A running upstream (only
+# ever the one this script started, by its PID) is stopped first and its ports awaited.
+start_upstream() {
+    if [[ -n ${PID[upstream]:-} ]]; then
+        stop_target upstream
+        wait_until 20 "upstream ports to be released" port_free "$UP_PORT"
+        wait_until 20 "upstream stub_status port to be released" port_free "$STUB_PORT"
+    fi
+    log "upstream nginx (mTLS API, 127.0.0.1:$UP_PORT, $(proto_title "$UP_PROTO")), on core $LOAD_CPU"
     if ((UP_READ_BODY)); then
         [[ -e $ECHO_MODULE ]] || die "UP_READ_BODY=1 needs $ECHO_MODULE (apt package libnginx-mod-http-echo)"
         start_nginx upstream upstream-nginx.conf.tmpl "$LOAD_CPU" "LOAD_MODULES=load_module $ECHO_MODULE;" \
@@ -349,10 +373,30 @@ start_infra() {
     else
         start_nginx upstream upstream-nginx.conf.tmpl "$LOAD_CPU" "LOAD_MODULES=" "UP_CONTENT=return 200 ok;"
     fi
-    start_nginx token token-nginx.conf.tmpl "$LOAD_CPU"
     wait_until 20 "upstream stub_status" curl -sf "http://127.0.0.1:$STUB_PORT/stub"
-    wait_until 20 "token endpoint" curl -s -o /dev/null --cacert "$WORK/certs/ca.pem" \
-        "https://127.0.0.1:$TOKEN_PORT_A/"
+    wait_until 20 "upstream API port" bash -c "exec 3<>/dev/tcp/127.0.0.1/$UP_PORT"
+}
+
+proto_title() { # the upstream mode as the report's headings say it
+    case $1 in
+        h2) echo "upstream h2 + http/1.1 (ALPN)" ;;
+        http1) echo "upstream http/1.1 only" ;;
+        *) echo "$1" ;;
+    esac
+}
+
+# Switches the whole setup to upstream mode PROTO: targets stopped, upstream restarted with
+# that listener, upstream checked, every target started again and checked.
+setup_mode() {
+    local t
+    UP_PROTO=$1
+    for t in "${ACTIVE[@]}"; do stop_target "$t"; done
+    start_upstream
+    check_upstream
+    for t in "${ACTIVE[@]}"; do start_target "$t"; done
+    for t in "${ACTIVE[@]}"; do wait_target "$t"; done
+    for t in "${ACTIVE[@]}"; do check_target "$t"; done
+    log "mode $UP_PROTO ($(proto_title "$UP_PROTO")): all targets pass their checks: ${ACTIVE[*]}"
 }
 
 start_target() {
@@ -447,6 +491,14 @@ check_upstream() {
     [[ $r == 401* ]] || check_fail upstream "wrong bearer must be 401: got '$r'"
     r=$(req direct GET /pix '' -H "Authorization: Bearer $TOKEN")
     [[ $r == 400* ]] || check_fail upstream "no client certificate must be refused (400): got '$r'"
+    # What the upstream's ALPN really negotiates with a client that offers h2 (curl --http2).
+    local want_v=2 got_v
+    [[ $UP_PROTO == http1 ]] && want_v=1.1
+    got_v=$(curl -s -o /dev/null -w '%{http_version}' --http2 --cacert "$WORK/certs/ca.pem" "${c[@]}" \
+        -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$UP_PORT/pix")
+    [[ $got_v == "$want_v" ]] ||
+        check_fail upstream "UP_PROTO=$UP_PROTO: a client offering h2 got HTTP/$got_v, want HTTP/$want_v"
+    grep -E "listen 127\.0\.0\.1:$UP_PORT " "$WORK/upstream/nginx.conf" >"$WORK/logs/upstream-listen-$UP_PROTO.txt"
     r=$(curl -s --cacert "$WORK/certs/ca.pem" "${c[@]}" -X POST \
         -H 'Content-Type: application/x-www-form-urlencoded' \
         --data 'grant_type=client_credentials&client_id=check' \
@@ -454,7 +506,7 @@ check_upstream() {
     [[ $r == *"\"access_token\":\"$TOKEN\""*'"expires_in":'"$TOKEN_TTL"* ]] ||
         check_fail "token endpoint" "got '$r'"
     : >"$WORK/token/token-hits.log" # the check's own hit does not count
-    log "check upstream: 200 with the bearer, 401 with another, 400 without a client certificate; token endpoint ok"
+    log "check upstream ($UP_PROTO): 200 with the bearer, 401 with another, 400 without a client certificate; a client offering h2 gets HTTP/$got_v; token endpoint ok"
 }
 
 check_target() {
@@ -522,6 +574,7 @@ scenario_params() { # sets METHOD BODY_BYTES NCONN BODYFILE
         get) METHOD=GET BODY_BYTES=0 NCONN=$CONNS BODYFILE= ;;
         post16k) METHOD=POST BODY_BYTES=16384 NCONN=$CONNS BODYFILE=$WORK/body-16k ;;
         c256) METHOD=GET BODY_BYTES=0 NCONN=$CONNS_HIGH BODYFILE= ;;
+        p256) METHOD=POST BODY_BYTES=16384 NCONN=$CONNS_HIGH BODYFILE=$WORK/body-16k ;;
         post1m) METHOD=POST BODY_BYTES=1048576 NCONN=$CONNS_1M BODYFILE=$WORK/body-1m ;;
         *) die "unknown scenario $1" ;;
     esac
@@ -553,11 +606,42 @@ load() {
     fi
 }
 
-measure() { # REP SCENARIO TARGET -> appends one row to results.tsv
-    local rep=$1 s=$2 t=$3 pids=() a0 a1 t0 t1 hwm res cpu
+# The CPU hog of the interference pass: pinned to PROXY_CPU, busy (spinning on its own CPU
+# time) for HOG_PCT % of every HOG_PERIOD_MS slice and asleep for the rest; preempted, it
+# sleeps less, so its CPU share stays near HOG_PCT % while the proxy competes for the core.
+HOG_PY='import os, sys, time
+pct, period = float(sys.argv[1]) / 100, float(sys.argv[2]) / 1000
+busy, nxt = pct * period, time.monotonic()
+while True:
+    c = time.process_time()
+    while time.process_time() - c < busy:
+        pass
+    nxt += period
+    d = nxt - time.monotonic()
+    if d > 0:
+        time.sleep(d)
+    else:
+        nxt = time.monotonic()'
+: "${HOG_PERIOD_MS:=10}"
+
+start_hog() {
+    start_proc hog "$PROXY_CPU" "$PYTHON" -c "$HOG_PY" "$HOG_PCT" "$HOG_PERIOD_MS"
+    sleep 0.3 # interpreter start-up is not part of the measured share
+    alive hog || die "the CPU hog exited: $(tail -n 5 "$WORK/logs/hog.log")"
+}
+
+now_us() { echo $(($(date +%s%N) / 1000)); }
+
+measure() { # PROTO HOG_PCT REP SCENARIO TARGET -> appends one row to results.tsv
+    local proto=$1 hog=$2 rep=$3 s=$4 t=$5 pids=() a0 a1 t0 t1 hwm res cpu
+    local h0=0 h1=0 w0=0 w1=0 hog_ticks=NA hog_wall=NA
     [[ $t == direct ]] || alive "$t" || die "$t is no longer running"
     a0=$(up_accepts)
     if ((WARMUP > 0)); then load "$t" "$s" "$WARMUP" >/dev/null; fi
+    if ((hog > 0)); then
+        start_hog
+        h0=$(cpu_ticks "${PID[hog]}") w0=$(now_us)
+    fi
     mapfile -t pids < <(target_pids "$t")
     if ((${#pids[@]})); then
         t0=$(cpu_ticks "${pids[@]}")
@@ -571,15 +655,24 @@ measure() { # REP SCENARIO TARGET -> appends one row to results.tsv
     else
         hwm=NA cpu=NA
     fi
+    if ((hog > 0)); then
+        alive hog || die "the CPU hog died during the run on $t/$s"
+        h1=$(cpu_ticks "${PID[hog]}") w1=$(now_us)
+        stop_target hog
+        hog_ticks=$((h1 - h0)) hog_wall=$((w1 - w0))
+    fi
     a1=$(up_accepts)
     local requests dur p50 p99 errs
     read -r requests dur p50 p99 errs <<<"$res"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$s" "$t" "$requests" "$dur" \
-        "$p50" "$p99" "$errs" "$cpu" "$hwm" "$((a1 - a0 - 1))" >>"$RESULTS"
-    log "$(printf 'rep %s %-8s %-8s %8s req  %7.0f req/s  p50 %6.2f ms  p99 %7.2f ms  errors %s  cpu %s ticks  hwm %s kB  upstream conns %s' \
-        "$rep" "$s" "$t" "$requests" "$(awk -v r="$requests" -v d="$dur" 'BEGIN{print r/(d/1e6)}')" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proto" "$hog" "$rep" "$s" "$t" \
+        "$requests" "$dur" "$p50" "$p99" "$errs" "$cpu" "$hwm" "$((a1 - a0 - 1))" "$hog_ticks" "$hog_wall" >>"$RESULTS"
+    log "$(printf '%-5s%s rep %s %-8s %-8s %8s req  %7.0f req/s  p50 %6.2f ms  p99 %7.2f ms  errors %s  cpu %s ticks  hwm %s kB  upstream conns %s%s' \
+        "$proto" "$( ((hog > 0)) && echo " hog")" "$rep" "$s" "$t" "$requests" \
+        "$(awk -v r="$requests" -v d="$dur" 'BEGIN{print r/(d/1e6)}')" \
         "$(awk -v x="$p50" 'BEGIN{print x/1000}')" "$(awk -v x="$p99" 'BEGIN{print x/1000}')" \
-        "$errs" "$cpu" "$hwm" "$((a1 - a0 - 1))")"
+        "$errs" "$cpu" "$hwm" "$((a1 - a0 - 1))" \
+        "$( ((hog > 0)) && awk -v d="$hog_ticks" -v hz="$CLK_TCK" -v w="$hog_wall" -v c="$PROXY_CPU" \
+            'BEGIN{printf "  hog took %.1f %% of core %s", 100*d/hz/(w/1e6), c}')")"
 }
 
 token_summary() { # per pix instance: hits on its token port, lifetime, its own metric
@@ -646,22 +739,50 @@ restart_targets() {
     sleep "$UP_KEEPALIVE_S.5"
 }
 
-run_bench() {
-    RESULTS=$WORK/results.tsv
-    printf 'rep\tscenario\ttarget\trequests\tduration_us\tp50_us\tp99_us\terrors\tcpu_ticks\thwm_kb\tupstream_conns\n' >"$RESULTS"
-    : >"$WORK/token-lifetimes.tsv"
-    local load_before load_after t s rep i n order
-    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-    local t_start=$SECONDS
-    n=${#ACTIVE[@]}
+scenarios_for() { # PROTO -> the scenarios of that upstream mode
+    case $1 in
+        h2) echo "$SCENARIOS_H2" ;;
+        http1) echo "$SCENARIOS_HTTP1" ;;
+    esac
+}
+
+hog_for() { # PROTO -> the hog percentage of that mode's interference pass (0: none)
+    if ((HOG_PCT > 0)) && [[ " $HOG_PROTOS " == *" $1 "* && -n ${HOG_SCENARIOS// /} ]]; then
+        echo "$HOG_PCT"
+    else
+        echo 0
+    fi
+}
+
+# Estimated wall time of run_bench, from the knobs (calibrated on quick runs): per (mode,
+# pass, repetition, scenario) a restart of every target, ~RESTART_S (4) s, UP_KEEPALIVE_S.5
+# of it the idle-pool wait; then per target warm-up + duration + ~0.5 s of bookkeeping
+# (+0.4 s hog start-up in the hog pass); per mode ~MODE_SETUP_S (5) s for the upstream
+# restart and the checks. Printed in seconds.
+: "${RESTART_S:=4}" "${MODE_SETUP_S:=5}"
+estimate_s() {
+    local p n_s n_h total=0 n=${#ACTIVE[@]} per=$(((WARMUP + DURATION) * 10 + 5)) # deciseconds
+    for p in "${UP_PROTO_LIST[@]}"; do
+        read -r -a _sc <<<"$(scenarios_for "$p")"
+        n_s=${#_sc[@]} n_h=0
+        if (($(hog_for "$p") > 0)); then read -r -a _sc <<<"$HOG_SCENARIOS" && n_h=${#_sc[@]}; fi
+        total=$((total + MODE_SETUP_S * 10 + REPS * (n_s + n_h) * (RESTART_S * 10 + n * per) + REPS * n_h * n * 4))
+    done
+    echo $(((total + 5) / 10))
+}
+
+# One pass: REPS repetitions of SCENARIOS on every target, target order rotated each repetition.
+run_pass() { # PROTO HOG_PCT SCENARIO...
+    local proto=$1 hog=$2 rep i n=${#ACTIVE[@]} s t order
+    shift 2
     for ((rep = 1; rep <= REPS; rep++)); do
         # Rotate the target order each repetition, so no target always runs first.
         order=()
         for ((i = 0; i < n; i++)); do order+=("${ACTIVE[(i + rep - 1) % n]}"); done
-        for s in "${SCENARIOS[@]}"; do
+        for s in "$@"; do
             restart_targets
             for t in "${order[@]}"; do
-                measure "$rep" "$s" "$t"
+                measure "$proto" "$hog" "$rep" "$s" "$t"
             done
             for t in "${order[@]}"; do
                 [[ -n ${TOKEN_PORT[$t]:-} ]] || continue
@@ -671,16 +792,39 @@ run_bench() {
             done
         done
     done
+}
+
+run_bench() {
+    RESULTS=$WORK/results.tsv
+    printf 'up_proto\thog_pct\trep\tscenario\ttarget\trequests\tduration_us\tp50_us\tp99_us\terrors\tcpu_ticks\thwm_kb\tupstream_conns\thog_ticks\thog_wall_us\n' >"$RESULTS"
+    : >"$WORK/token-lifetimes.tsv"
+    local load_before load_after p hog est scen=()
+    est=$(estimate_s)
+    log "estimated run time: ~$((est / 60)) min $((est % 60)) s (modes: ${UP_PROTO_LIST[*]}; h2: $SCENARIOS_H2; http1: $SCENARIOS_HTTP1; hog pass: $( ((HOG_PCT > 0)) && echo "$HOG_SCENARIOS at $HOG_PCT % in $HOG_PROTOS" || echo off); ${#ACTIVE[@]} targets × REPS $REPS × (${WARMUP} s + ${DURATION} s))"
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+    local t_start=$SECONDS
+    for p in "${UP_PROTO_LIST[@]}"; do
+        setup_mode "$p"
+        read -r -a scen <<<"$(scenarios_for "$p")"
+        log "mode $p: ${scen[*]}"
+        run_pass "$p" 0 "${scen[@]}"
+        hog=$(hog_for "$p")
+        if ((hog > 0)); then
+            read -r -a scen <<<"$HOG_SCENARIOS"
+            log "mode $p, interference pass: ${scen[*]} with a ~$hog % CPU hog on core $PROXY_CPU"
+            run_pass "$p" "$hog" "${scen[@]}"
+        fi
+    done
     load_after=$(cut -d' ' -f1-3 /proc/loadavg)
     {
-        echo "## pix-auth-proxy benchmark ($(date -u +%Y-%m-%dT%H:%MZ), $([[ $QUICK == 1 ]] && echo quick || echo full) mode, $((SECONDS - t_start)) s)"
+        echo "## pix-auth-proxy benchmark ($(date -u +%Y-%m-%dT%H:%MZ), $([[ $QUICK == 1 ]] && echo quick || echo full) mode, $((SECONDS - t_start)) s; estimated beforehand: ${est} s)"
         echo
         machine_info
-        echo "- Settings: DURATION=${DURATION}s WARMUP=${WARMUP}s REPS=$REPS CONNS=$CONNS CONNS_HIGH=$CONNS_HIGH CONNS_1M=$CONNS_1M UP_READ_BODY=$UP_READ_BODY; proxies on core $PROXY_CPU (one worker each), load generator (wrk -t1) + upstream on core $LOAD_CPU"
+        echo "- Settings: DURATION=${DURATION}s WARMUP=${WARMUP}s REPS=$REPS CONNS=$CONNS CONNS_HIGH=$CONNS_HIGH CONNS_1M=$CONNS_1M UP_READ_BODY=$UP_READ_BODY UP_PROTOS=\"${UP_PROTO_LIST[*]}\" SCENARIOS_H2=\"$SCENARIOS_H2\" SCENARIOS_HTTP1=\"$SCENARIOS_HTTP1\" HOG_PCT=$HOG_PCT HOG_SCENARIOS=\"$HOG_SCENARIOS\" HOG_PROTOS=\"$HOG_PROTOS\" HOG_PERIOD_MS=$HOG_PERIOD_MS; proxies on core $PROXY_CPU (one worker each), load generator (wrk -t1) + upstream on core $LOAD_CPU"
         echo "- Load average (1/5/15 min) before: $load_before; after: $load_after"
         echo
         "$PYTHON" "$BENCH_DIR/report.py" table "$RESULTS" "$CLK_TCK" "$WORK/token-lifetimes.tsv" \
-            "$TOKEN_TTL" "${PEERS[*]}" "$CONNS" "$CONNS_HIGH" "$CONNS_1M"
+            "$TOKEN_TTL" "${PEERS[*]}" "$CONNS" "$CONNS_HIGH" "$CONNS_1M" "$PROXY_CPU"
     } | tee "$WORK/report.md"
 }
 
@@ -820,16 +964,15 @@ main() {
     if [[ " ${ACTIVE[*]} " == *" pix"* ]]; then build_proxy; fi
     make_bodies
     start_infra
-    check_upstream
-    local t
-    for t in "${ACTIVE[@]}"; do start_target "$t"; done
-    for t in "${ACTIVE[@]}"; do wait_target "$t"; done
-    for t in "${ACTIVE[@]}"; do check_target "$t"; done
+    local p
     case $MODE in
-        check) log "all targets forward correctly: ${ACTIVE[*]}" ;;
+        check)
+            for p in "${UP_PROTO_LIST[@]}"; do setup_mode "$p"; done
+            log "all targets forward correctly in every upstream mode (${UP_PROTO_LIST[*]}): ${ACTIVE[*]}"
+            ;;
         bench) run_bench ;;
-        soak) run_soak ;;
-        profile) run_profile ;;
+        soak) setup_mode "$UP_PROTO" && run_soak ;;
+        profile) setup_mode "$UP_PROTO" && run_profile ;;
     esac
 }
 
