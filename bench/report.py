@@ -24,7 +24,7 @@ TARGET_LABEL = {
     "nginx": "nginx",
     "haproxy": "HAProxy",
     "envoy": "Envoy",
-    "pix": "**pix-auth-proxy** (default ALPN: h2 upstream)",
+    "pix": "**pix-auth-proxy** (default ALPN)",
     "pix-h1": "**pix-auth-proxy** (`--upstream-http1-only`)",
 }
 OURS = ("pix", "pix-h1")

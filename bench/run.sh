@@ -3,7 +3,7 @@
 #
 # How to reproduce
 # ----------------
-#   bench/run.sh --quick        # smoke test, ~4 min with 5 targets: every mode, scenario and target once
+#   bench/run.sh --quick        # smoke test, ~2.5 min with 5 targets: every mode, scenario and target once
 #   bench/run.sh                # full run: both upstream modes, REPS (3) interleaved repetitions,
 #                               # medians; ~33 min with 5 targets (the estimate is printed at start)
 #   bench/run.sh soak           # 5 minutes at 256 connections against pix-auth-proxy, RSS every 10 s
