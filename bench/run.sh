@@ -846,7 +846,11 @@ run_bench() {
     : >"$WORK/token-lifetimes.tsv"
     local load_before load_after p hog est scen=()
     est=$(estimate_s)
-    log "estimated run time: ~$((est / 60)) min $((est % 60)) s (modes: ${UP_PROTO_LIST[*]}; h2: $SCENARIOS_H2; http1: $SCENARIOS_HTTP1; hog pass: $( ((HOG_PCT > 0)) && echo "$HOG_SCENARIOS at $HOG_PCT % in $HOG_PROTOS" || echo off); ${#ACTIVE[@]} targets × REPS $REPS × (${WARMUP} s + ${DURATION} s))"
+    local plan=() pp
+    for pp in "${UP_PROTO_LIST[@]}"; do
+        plan+=("$pp: $(scenarios_for "$pp")$( (($(hog_for "$pp") > 0)) && echo " + hog pass ($HOG_SCENARIOS at $HOG_PCT %)");")
+    done
+    log "estimated run time: ~$((est / 60)) min $((est % 60)) s (${plan[*]} ${#ACTIVE[@]} targets × REPS $REPS × (${WARMUP} s + ${DURATION} s))"
     load_before=$(cut -d' ' -f1-3 /proc/loadavg)
     local t_start=$SECONDS
     for p in "${UP_PROTO_LIST[@]}"; do
