@@ -848,7 +848,11 @@ run_bench() {
     est=$(estimate_s)
     local plan=() pp
     for pp in "${UP_PROTO_LIST[@]}"; do
-        plan+=("$pp: $(scenarios_for "$pp")$( (($(hog_for "$pp") > 0)) && echo " + hog pass ($HOG_SCENARIOS at $HOG_PCT %)");")
+        if (($(hog_for "$pp") > 0)); then
+            plan+=("$pp: $(scenarios_for "$pp") + hog pass ($HOG_SCENARIOS at $HOG_PCT %);")
+        else
+            plan+=("$pp: $(scenarios_for "$pp");")
+        fi
     done
     log "estimated run time: ~$((est / 60)) min $((est % 60)) s (${plan[*]} ${#ACTIVE[@]} targets × REPS $REPS × (${WARMUP} s + ${DURATION} s))"
     load_before=$(cut -d' ' -f1-3 /proc/loadavg)
