@@ -2,8 +2,8 @@
 //! both built from the same identity.
 //!
 //! Owns: the hyper-util legacy client settings (pool idle timer, keep-alive, connect
-//! timeout, ALPN `h2` + `http/1.1` or `http/1.1` only) and the API client's protocol
-//! discovery ([`UpstreamClient`]).
+//! timeout, ALPN `h2` + `http/1.1` or `http/1.1` only), the API client's protocol
+//! discovery ([`UpstreamClient`]) and its bound on HTTP/1.1 connections ([`Slot`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +20,7 @@ use hyper_util::client::legacy::{Builder, Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service as _;
 
 pub use crate::config::ClientOptions;
@@ -88,6 +89,7 @@ pub struct UpstreamClient<B> {
     learned: Arc<AtomicU8>,
     connector: AlpnLearner,
     base: Uri,
+    http1_slots: Arc<Semaphore>,
 }
 
 impl<B> Clone for UpstreamClient<B> {
@@ -98,10 +100,26 @@ impl<B> Clone for UpstreamClient<B> {
             learned: self.learned.clone(),
             connector: self.connector.clone(),
             base: self.base.clone(),
+            http1_slots: self.http1_slots.clone(),
         }
     }
 }
 
+/// The right to run one HTTP/1.1 exchange, so to use one HTTP/1.1 connection, from the
+/// request until the end of its response body (then hyper hands the connection back to the
+/// pool). Empty for an exchange that goes over HTTP/2.
+///
+/// Without a bound, N app requests in flight keep N TLS connections to the PSP open, each
+/// with ~46 KB of buffers (hyper's request channel, read and write buffers, rustls, its
+/// task): 256 app connections meant 256 upstream connections and +12 MB. With the bound,
+/// requests beyond it wait for a connection to come free instead of opening one.
+#[derive(Debug, Default)]
+pub struct Slot {
+    /// Released on drop: that frees the slot.
+    _permit: Option<OwnedSemaphorePermit>,
+    /// Whether the exchange had to wait for a free connection.
+    pub waited: bool,
+}
 /// What the PSP negotiated on the newest connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
@@ -154,12 +172,18 @@ where
     /// Clients towards `base` presenting the identity in `tls`.
     pub fn new(tls: ClientConfig, opts: &ClientOptions, base: Uri) -> Self {
         let learned = Arc::new(AtomicU8::new(UpstreamProtocol::Unknown.to_u8()));
+        let max_http1 = opts.max_http1_connections.max(1);
         let connector = AlpnLearner {
             inner: https_connector(tls, opts),
             learned: learned.clone(),
             require_h2: false,
         };
-        let discover = builder(opts).build(connector.clone());
+        // A connection that comes back while none is waiting stays idle; more than the bound
+        // are never needed at once, so extra ones (a connect that lost its race with a
+        // returning connection) are closed rather than kept.
+        let discover = builder(opts)
+            .pool_max_idle_per_host(max_http1)
+            .build(connector.clone());
         let h2 = (!opts.http1_only).then(|| {
             let mut only_h2 = connector.clone();
             only_h2.require_h2 = true;
@@ -171,6 +195,27 @@ where
             learned,
             connector,
             base,
+            http1_slots: Arc::new(Semaphore::new(max_http1)),
+        }
+    }
+
+    /// What an exchange must hold before [`request`](Self::request): nothing when it goes
+    /// over HTTP/2, else one of the HTTP/1.1 slots, waiting for one to come free if need be.
+    /// While the protocol is unknown (before the first connection), a slot is taken.
+    pub async fn slot(&self) -> Slot {
+        if self.h2.is_some() && self.protocol() == UpstreamProtocol::Http2 {
+            return Slot::default();
+        }
+        if let Ok(permit) = self.http1_slots.clone().try_acquire_owned() {
+            return Slot {
+                _permit: Some(permit),
+                waited: false,
+            };
+        }
+        Slot {
+            // The semaphore lives as long as the client and is never closed.
+            _permit: self.http1_slots.clone().acquire_owned().await.ok(),
+            waited: true,
         }
     }
 

@@ -38,6 +38,7 @@ pub struct Metrics {
     unauthorized: Counter,
     forced_refresh: Counter,
     upstream_retries: Counter,
+    upstream_connection_waits: Counter,
     cache_ops: Family<Labels2, Counter>,
     cache_lock: Family<Labels1, Counter>,
     cache_decrypt_failures: Counter,
@@ -138,6 +139,12 @@ impl Metrics {
             "Requests sent again because the PSP said it had not processed them (HTTP/2 GOAWAY, REFUSED_STREAM)",
             upstream_retries.clone(),
         );
+        let upstream_connection_waits = Counter::default();
+        registry.register(
+            "upstream_connection_waits",
+            "Requests that waited for a free HTTP/1.1 connection to the PSP (--upstream-max-connections in use)",
+            upstream_connection_waits.clone(),
+        );
         let cache_ops = Family::<Labels2, Counter>::default();
         registry.register(
             "cache_ops",
@@ -212,6 +219,7 @@ impl Metrics {
             unauthorized,
             forced_refresh,
             upstream_retries,
+            upstream_connection_waits,
             cache_ops,
             cache_lock,
             cache_decrypt_failures,
@@ -330,6 +338,11 @@ impl Metrics {
     /// A request sent again because the PSP had not processed it.
     pub fn upstream_retry(&self) {
         self.upstream_retries.inc();
+    }
+
+    /// A request that found every HTTP/1.1 connection slot taken and waited for one.
+    pub fn upstream_connection_wait(&self) {
+        self.upstream_connection_waits.inc();
     }
 
     /// A shared-cache operation.

@@ -309,6 +309,7 @@ impl Config {
             client: ClientOptions {
                 connect_timeout: args.connect_timeout,
                 http1_only: args.upstream_http1_only || preset.http1_only,
+                max_http1_connections: usize::from(args.upstream_max_connections),
                 ..ClientOptions::default()
             },
             proxy: ProxyOptions {

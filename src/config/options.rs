@@ -101,6 +101,9 @@ pub struct ClientOptions {
     pub http1_only: bool,
     /// How long an idle pooled connection is kept.
     pub pool_idle_timeout: Duration,
+    /// HTTP/1.1 exchanges in flight to the PSP at once, so HTTP/1.1 connections open at once
+    /// (each exchange holds one). HTTP/2 multiplexes on one connection and is not counted.
+    pub max_http1_connections: usize,
 }
 
 impl Default for ClientOptions {
@@ -109,6 +112,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             http1_only: false,
             pool_idle_timeout: Duration::from_secs(90),
+            max_http1_connections: 64,
         }
     }
 }

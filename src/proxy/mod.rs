@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::client::UpstreamProtocol;
+use crate::client::{Slot, UpstreamProtocol};
 pub use crate::config::{ApiExtras, ProxyOptions};
 use crate::generation::{Current, Generation};
 use crate::metrics::Metrics;
@@ -30,8 +30,9 @@ pub use rewrite::UpstreamTarget;
 
 /// Body sent upstream: buffered (replayable) or streamed from the app.
 pub type UpstreamBody = Either<Full<Bytes>, body::AppBody>;
-/// Body returned to the app: the PSP's, streamed, or our problem body.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+/// Body returned to the app: the PSP's, streamed (large or of unknown length), or read
+/// whole (small, of known length: the PSP's, or our problem body).
+pub type ResponseBody = Either<body::PspBody, Full<Bytes>>;
 /// The pooled mTLS client used for API calls.
 pub type UpstreamClient = crate::client::UpstreamClient<UpstreamBody>;
 
@@ -63,6 +64,9 @@ pub enum ProxyError {
     /// The exchange broke after the connection was made (upstream).
     #[error("the PSP broke the exchange: {}", crate::telemetry::error_chain(.0))]
     UpstreamProtocol(#[source] hyper_util::client::legacy::Error),
+    /// The PSP's response body broke off before its announced length (upstream).
+    #[error("the PSP broke off its response body: {}", crate::telemetry::error_chain(.0))]
+    UpstreamBody(#[source] hyper::Error),
     /// The PSP answered with a status the sidecar cannot relay: `101 Switching Protocols`
     /// (upgrades are not supported) or an interim 1xx that hyper hands over (upstream).
     #[error("the PSP answered {0}, which cannot be relayed (no upgrades, no interim responses)")]
@@ -80,9 +84,9 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) => ProblemKind::UpstreamConnect,
             ProxyError::UpstreamTls(_) => ProblemKind::UpstreamTls,
             ProxyError::UpstreamTimeout(_) => ProblemKind::UpstreamTimeout,
-            ProxyError::UpstreamProtocol(_) | ProxyError::UpstreamStatus(_) => {
-                ProblemKind::UpstreamProtocol
-            }
+            ProxyError::UpstreamProtocol(_)
+            | ProxyError::UpstreamBody(_)
+            | ProxyError::UpstreamStatus(_) => ProblemKind::UpstreamProtocol,
         }
     }
 
@@ -308,7 +312,7 @@ impl Proxy {
         match replayable {
             Err(stream) => {
                 let (stream, app_body) = body::AppBody::new(stream);
-                let resp = self
+                let (resp, slot) = self
                     .send(&generation, out.request(auth, Either::Right(stream)))
                     .await
                     .map_err(|e| match app_body.failure() {
@@ -321,13 +325,14 @@ impl Proxy {
                     inner.metrics.unauthorized();
                     generation.refresher.report_rejected(version);
                 }
-                Ok(finish(resp))
+                self.relay(resp, slot).await
             }
             Ok(bytes) => {
-                let resp = self.send_buffered(&generation, &out, &auth, &bytes).await?;
+                let (resp, slot) = self.send_buffered(&generation, &out, &auth, &bytes).await?;
                 if resp.status() != StatusCode::UNAUTHORIZED {
-                    return Ok(finish(resp));
+                    return self.relay(resp, slot).await;
                 }
+                drop(slot);
                 // The cold path lives in its own allocation, so the future every app
                 // connection keeps for its in-flight request stays small.
                 Box::pin(self.replay_after_401(&generation, &out, version, &bytes, resp)).await
@@ -357,7 +362,7 @@ impl Proxy {
                 version,
                 "PSP rejected the token and no newer one arrived; passing the 401 through"
             );
-            return Ok(finish(resp));
+            return self.relay(resp, Slot::default()).await;
         };
         tracing::info!(
             event = "upstream_unauthorized_replay",
@@ -366,8 +371,8 @@ impl Proxy {
             "PSP rejected the token; replaying once with a new one"
         );
         drop(resp);
-        let resp = self.send_buffered(generation, out, &auth, bytes).await?;
-        Ok(finish(resp))
+        let (resp, slot) = self.send_buffered(generation, out, &auth, bytes).await?;
+        self.relay(resp, slot).await
     }
 
     /// The token to inject: immediately if usable, else ask the refresher for an attempt and
@@ -397,7 +402,7 @@ impl Proxy {
         out: &Outgoing,
         auth: &HeaderValue,
         bytes: &Bytes,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<(Response<Incoming>, Slot), ProxyError> {
         let request = || out.request(auth.clone(), Either::Left(Full::new(bytes.clone())));
         let before = generation.client.protocol();
         match self.send(generation, request()).await {
@@ -420,24 +425,70 @@ impl Proxy {
         }
     }
 
+    /// One exchange with the PSP: a connection slot (HTTP/1.1; waiting for one if all are
+    /// busy), then the request, until the response head; both within `request_timeout`.
     async fn send(
         &self,
         generation: &Generation,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<(Response<Incoming>, Slot), ProxyError> {
         let timeout = self.inner.opts.request_timeout;
-        match tokio::time::timeout(timeout, generation.client.request(req)).await {
+        let exchange = async {
+            let slot = generation.client.slot().await;
+            if slot.waited {
+                self.inner.metrics.upstream_connection_wait();
+            }
+            (generation.client.request(req).await, slot)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
             // hyper consumes 100 Continue and 103 Early Hints itself; anything else below
             // 200 (a 101 to a request that asked for no upgrade) has no place in a reply.
-            Ok(Ok(resp)) if resp.status().is_informational() => {
+            Ok((Ok(resp), _)) if resp.status().is_informational() => {
                 Err(ProxyError::UpstreamStatus(resp.status()))
             }
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(ProxyError::from_client(e)),
+            Ok((Ok(resp), slot)) => Ok((resp, slot)),
+            Ok((Err(e), _)) => Err(ProxyError::from_client(e)),
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
         }
     }
+
+    /// The PSP's response, for the app. A small body of known length is read whole first
+    /// (bounded by `request_timeout`), so that the app gets head and body in one write and
+    /// the HTTP/1.1 connection goes back to the pool at once; a larger or unannounced one
+    /// is streamed, holding its connection slot until it ends.
+    async fn relay(
+        &self,
+        resp: Response<Incoming>,
+        slot: Slot,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let (mut parts, body) = resp.into_parts();
+        rewrite::clean_response_headers(&mut parts.headers);
+        let small = body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= RESPONSE_BUFFER_LIMIT);
+        if !small {
+            return Ok(Response::from_parts(
+                parts,
+                Either::Left(body::PspBody::new(body, slot)),
+            ));
+        }
+        let timeout = self.inner.opts.request_timeout;
+        let collected = tokio::time::timeout(timeout, body.collect())
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout(timeout))?
+            .map_err(ProxyError::UpstreamBody)?;
+        drop(slot);
+        Ok(Response::from_parts(
+            parts,
+            Either::Right(Full::new(collected.to_bytes())),
+        ))
+    }
 }
+
+/// Response bodies up to this length (by `Content-Length`) are read whole before the
+/// response goes to the app: most PSP answers (a charge, a Pix, an error) are a few KiB.
+const RESPONSE_BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// Whether the PSP said it never processed the request, so that sending it again cannot do
 /// it twice (RFC 9113, sections 6.8 and 8.7): its stream was above the last one a GOAWAY
@@ -447,10 +498,4 @@ fn not_processed(err: &hyper_util::client::legacy::Error) -> bool {
     crate::telemetry::find_cause::<h2::Error>(err).is_some_and(|e| {
         e.is_remote() && (e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM))
     })
-}
-
-fn finish(resp: Response<Incoming>) -> Response<ResponseBody> {
-    let (mut parts, body) = resp.into_parts();
-    rewrite::clean_response_headers(&mut parts.headers);
-    Response::from_parts(parts, Either::Left(body))
 }
