@@ -11,6 +11,7 @@ mod check;
 mod demo;
 mod faults;
 mod fuzz_corpus;
+mod http1_pool;
 mod identity;
 mod providers;
 mod proxy;

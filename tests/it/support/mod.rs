@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod body;
+pub mod counting_psp;
 pub mod fault;
 pub mod h2_frames;
 pub mod hostile_psp;
