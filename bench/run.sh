@@ -92,7 +92,8 @@
 # nginx's own default is 1000, which sends an h2 GOAWAY every 1000 requests),
 # UP_READ_BODY (1: the upstream reads each request body before answering; 0: it answers
 # at once and nginx discards the body),
-# TOKEN_TTL (300), PROXY_BIN, ENVOY_BIN, OHA_BIN, PYTHON (python3), BENCH_WORKDIR (default:
+# PROFILE_SECS (8) PROFILE_WARMUP (3) PROFILE_CONNS (4) (profile mode: counted after the
+# warm-up, so connection set-up is left out), TOKEN_TTL (300), PROXY_BIN, ENVOY_BIN, OHA_BIN, PYTHON (python3), BENCH_WORKDIR (default:
 # mktemp under /tmp). soak and profile use the first mode of UP_PROTOS only.
 # Only 127.0.0.1 is bound; on exit only the PIDs this script started are stopped.
 set -euo pipefail
@@ -946,37 +947,51 @@ soak_requests() { # requests answered so far, from the proxy's own counter
 
 # ---------------------------------------------------------------------------------------
 # Profile: instructions per proxied request under callgrind, which do not depend on the
-# machine's noise. Per binary and target: one run without load and one with
-# `wrk -t1 -c4 -d8s` on `/`, each PROFILE_SECS long; per request = (loaded − idle) ÷ requests.
+# machine's noise. Per binary and target: a warm-up of PROFILE_WARMUP s (wrk, PROFILE_CONNS
+# connections), counters zeroed, then one run without load and one with
+# `wrk -t1 -c$PROFILE_CONNS` on `/`, each PROFILE_SECS long; per request = (loaded − idle) ÷ requests.
 callgrind_run() { # TARGET BIN NAME LOAD(0|1) -> prints "instructions requests"
-    local t=$1 bin=$2 name=$3 load=$4 out=$WORK/callgrind.$3 reqs=0 wrk_out
+    local t=$1 bin=$2 name=$3 load=$4 out=$WORK/callgrind.$3 reqs=0 wrk_out pid dump
     stop_pid "${PID[$t]}"
+    rm -f "$out" "$out".*
     PROXY_WRAP=(valgrind --tool=callgrind "--callgrind-out-file=$out")
     local saved=$PROXY_BIN
     PROXY_BIN=$bin WAIT_S=180
     start_target "$t"
     wait_target "$t"
     PROXY_BIN=$saved WAIT_S=30 PROXY_WRAP=()
+    pid=${PID[$t]}
+    # Warm up first, loaded and idle runs alike (the upstream connections opened, TLS
+    # handshakes done, pools and buffers grown), then count from zero: what is counted is
+    # the steady cost of a request, not of connection set-up. Under valgrind a TLS handshake
+    # costs tens of millions of instructions (aws-lc's jitter entropy source loops on the
+    # slowed clock), so the few extra connections HTTP/1.1 opens would swamp the count.
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$PROFILE_CONNS" -d"${PROFILE_WARMUP}s" --timeout 10s \
+        "http://127.0.0.1:${PORT[$t]}/" >"$WORK/logs/$name-warmup.log" 2>&1 || die "warm-up failed on $t"
+    callgrind_control -z "$pid" >/dev/null || die "callgrind_control -z $pid failed"
     if ((load)); then
-        wrk_out=$(taskset -c "$LOAD_CPU" wrk -t1 -c4 -d"${PROFILE_SECS}s" --timeout 10s \
+        wrk_out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$PROFILE_CONNS" -d"${PROFILE_SECS}s" --timeout 10s \
             "http://127.0.0.1:${PORT[$t]}/" 2>&1) || die "wrk failed on $t: $wrk_out"
         echo "$wrk_out" >"$WORK/logs/$name-wrk.log"
         reqs=$(awk '/requests in/{print $1; exit}' <<<"$wrk_out")
     else
         sleep "$PROFILE_SECS"
     fi
-    stop_pid "${PID[$t]}"
-    printf '%s %s\n' "$(awk '/^(summary|totals):/{print $2; exit}' "$out")" "$reqs"
+    callgrind_control -d "$pid" >/dev/null || die "callgrind_control -d $pid failed"
+    stop_pid "$pid"
+    dump=$(ls -t "$out".* 2>/dev/null | head -n 1)
+    [[ -n $dump ]] || die "no callgrind dump for $name"
+    printf '%s %s\n' "$(awk '/^(summary|totals):/{print $2; exit}' "$dump")" "$reqs"
 }
 
 run_profile() {
     command -v valgrind >/dev/null || die "profile needs valgrind (apt package valgrind)"
-    : "${PROFILE_SECS:=8}"
+    : "${PROFILE_SECS:=8}" "${PROFILE_WARMUP:=3}" "${PROFILE_CONNS:=4}"
     local spec label bin t idle loaded reqs
     {
         echo "## pix-auth-proxy profile ($(date -u +%Y-%m-%dT%H:%MZ))"
         echo
-        echo "callgrind, wrk -t1 -c4 -d${PROFILE_SECS}s on /, TOKIO_WORKER_THREADS=1 ${PIX_WORKER_ARGS[*]}"
+        echo "callgrind, counted after a ${PROFILE_WARMUP} s warm-up: wrk -t1 -c${PROFILE_CONNS} -d${PROFILE_SECS}s on / (idle: the same warm-up, then ${PROFILE_SECS} s without load); per request = (loaded − idle) ÷ requests; TOKIO_WORKER_THREADS=1 ${PIX_WORKER_ARGS[*]}"
         echo
         echo "| binary | target | instructions per request | requests | loaded total | idle total |"
         echo "|---|---|---:|---:|---:|---:|"

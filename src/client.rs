@@ -117,8 +117,6 @@ impl<B> Clone for UpstreamClient<B> {
 pub struct Slot {
     /// Released on drop: that frees the slot.
     _permit: Option<OwnedSemaphorePermit>,
-    /// Whether the exchange had to wait for a free connection.
-    pub waited: bool,
 }
 /// What the PSP negotiated on the newest connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,22 +198,22 @@ where
     }
 
     /// What an exchange must hold before [`request`](Self::request): nothing when it goes
-    /// over HTTP/2, else one of the HTTP/1.1 slots, waiting for one to come free if need be.
+    /// over HTTP/2, else one of the HTTP/1.1 slots, waiting for one to come free if need be
+    /// (`on_wait` is called first, so that a wait cut short by a timeout still counts).
     /// While the protocol is unknown (before the first connection), a slot is taken.
-    pub async fn slot(&self) -> Slot {
+    pub async fn slot(&self, on_wait: impl FnOnce()) -> Slot {
         if self.h2.is_some() && self.protocol() == UpstreamProtocol::Http2 {
             return Slot::default();
         }
         if let Ok(permit) = self.http1_slots.clone().try_acquire_owned() {
             return Slot {
                 _permit: Some(permit),
-                waited: false,
             };
         }
+        on_wait();
         Slot {
             // The semaphore lives as long as the client and is never closed.
             _permit: self.http1_slots.clone().acquire_owned().await.ok(),
-            waited: true,
         }
     }
 

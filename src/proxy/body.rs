@@ -1,7 +1,6 @@
-//! Bodies in flight: the app's request body on its way to the PSP, watched so that a body
-//! the app itself breaks (a bad chunk size, a connection closed before its
-//! `Content-Length`) is blamed on the app and not on the PSP; and the PSP's streamed
-//! response body, which keeps its HTTP/1.1 connection slot until it ends.
+//! The app's request body on its way to the PSP, watched so that a body the app itself
+//! breaks (a bad chunk size, a connection closed before its `Content-Length`) is blamed on
+//! the app and not on the PSP.
 //!
 //! hyper's client reports a failing request body as one more failed exchange, in the same
 //! error type as a PSP that broke the connection; only the body itself knows which side
@@ -14,8 +13,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-
-use crate::client::Slot;
 
 /// The app's streamed request body; remembers the first error it yielded.
 #[derive(Debug)]
@@ -62,50 +59,6 @@ impl Body for AppBody {
         if let Poll::Ready(Some(Err(e))) = &polled {
             // hyper's text for a body error names the framing problem; it holds no app data.
             let _ = this.failed.set(crate::telemetry::error_chain(e));
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The PSP's response body, streamed to the app. Holds the exchange's HTTP/1.1 connection
-/// [`Slot`] (the connection is busy until the body ends) and frees it at the end of the
-/// body, or when the app goes away and the body is dropped.
-#[derive(Debug)]
-pub struct PspBody {
-    inner: Incoming,
-    slot: Option<Slot>,
-}
-
-impl PspBody {
-    /// `inner`, holding `slot` until it ends.
-    pub fn new(inner: Incoming, slot: Slot) -> Self {
-        Self {
-            inner,
-            slot: Some(slot),
-        }
-    }
-}
-
-impl Body for PspBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            this.slot = None;
         }
         polled
     }

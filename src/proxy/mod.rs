@@ -8,6 +8,7 @@
 
 pub mod body;
 pub mod problem;
+pub mod response;
 pub mod rewrite;
 
 use std::sync::Arc;
@@ -32,7 +33,7 @@ pub use rewrite::UpstreamTarget;
 pub type UpstreamBody = Either<Full<Bytes>, body::AppBody>;
 /// Body returned to the app: the PSP's, streamed (large or of unknown length), or read
 /// whole (small, of known length: the PSP's, or our problem body).
-pub type ResponseBody = Either<body::PspBody, Full<Bytes>>;
+pub type ResponseBody = Either<response::PspBody, Full<Bytes>>;
 /// The pooled mTLS client used for API calls.
 pub type UpstreamClient = crate::client::UpstreamClient<UpstreamBody>;
 
@@ -309,11 +310,18 @@ impl Proxy {
         // One generation for the whole exchange: its client and its token belong together.
         let generation = inner.current.load_full();
         let (auth, version) = self.token(&generation).await?;
+        // The PSP's whole answer (a free connection, the head, a small body read whole)
+        // is due within `request_timeout` of here.
+        let deadline = Instant::now() + inner.opts.request_timeout;
         match replayable {
             Err(stream) => {
                 let (stream, app_body) = body::AppBody::new(stream);
                 let (resp, slot) = self
-                    .send(&generation, out.request(auth, Either::Right(stream)))
+                    .send(
+                        &generation,
+                        out.request(auth, Either::Right(stream)),
+                        deadline,
+                    )
                     .await
                     .map_err(|e| match app_body.failure() {
                         // The exchange failed because the app's own body did: its fault.
@@ -325,12 +333,14 @@ impl Proxy {
                     inner.metrics.unauthorized();
                     generation.refresher.report_rejected(version);
                 }
-                self.relay(resp, slot).await
+                self.relay(resp, slot, deadline).await
             }
             Ok(bytes) => {
-                let (resp, slot) = self.send_buffered(&generation, &out, &auth, &bytes).await?;
+                let (resp, slot) = self
+                    .send_buffered(&generation, &out, &auth, &bytes, deadline)
+                    .await?;
                 if resp.status() != StatusCode::UNAUTHORIZED {
-                    return self.relay(resp, slot).await;
+                    return self.relay(resp, slot, deadline).await;
                 }
                 drop(slot);
                 // The cold path lives in its own allocation, so the future every app
@@ -362,7 +372,13 @@ impl Proxy {
                 version,
                 "PSP rejected the token and no newer one arrived; passing the 401 through"
             );
-            return self.relay(resp, Slot::default()).await;
+            return self
+                .relay(
+                    resp,
+                    Slot::default(),
+                    Instant::now() + inner.opts.request_timeout,
+                )
+                .await;
         };
         tracing::info!(
             event = "upstream_unauthorized_replay",
@@ -371,8 +387,11 @@ impl Proxy {
             "PSP rejected the token; replaying once with a new one"
         );
         drop(resp);
-        let (resp, slot) = self.send_buffered(generation, out, &auth, bytes).await?;
-        self.relay(resp, slot).await
+        let deadline = Instant::now() + inner.opts.request_timeout;
+        let (resp, slot) = self
+            .send_buffered(generation, out, &auth, bytes, deadline)
+            .await?;
+        self.relay(resp, slot, deadline).await
     }
 
     /// The token to inject: immediately if usable, else ask the refresher for an attempt and
@@ -402,15 +421,16 @@ impl Proxy {
         out: &Outgoing,
         auth: &HeaderValue,
         bytes: &Bytes,
+        deadline: Instant,
     ) -> Result<(Response<Incoming>, Slot), ProxyError> {
         let request = || out.request(auth.clone(), Either::Left(Full::new(bytes.clone())));
         let before = generation.client.protocol();
-        match self.send(generation, request()).await {
+        match self.send(generation, request(), deadline).await {
             Err(ProxyError::UpstreamConnect(_))
                 if before == UpstreamProtocol::Http2
                     && generation.client.protocol() != UpstreamProtocol::Http2 =>
             {
-                self.send(generation, request()).await
+                self.send(generation, request(), deadline).await
             }
             Err(ProxyError::UpstreamProtocol(e)) if not_processed(&e) => {
                 tracing::debug!(
@@ -419,28 +439,30 @@ impl Proxy {
                     "the PSP did not process the request; sending it again"
                 );
                 self.inner.metrics.upstream_retry();
-                self.send(generation, request()).await
+                self.send(generation, request(), deadline).await
             }
             sent => sent,
         }
     }
 
     /// One exchange with the PSP: a connection slot (HTTP/1.1; waiting for one if all are
-    /// busy), then the request, until the response head; both within `request_timeout`.
+    /// busy), then the request, until the response head; both by `deadline`.
     async fn send(
         &self,
         generation: &Generation,
         req: Request<UpstreamBody>,
+        deadline: Instant,
     ) -> Result<(Response<Incoming>, Slot), ProxyError> {
         let timeout = self.inner.opts.request_timeout;
         let exchange = async {
-            let slot = generation.client.slot().await;
-            if slot.waited {
-                self.inner.metrics.upstream_connection_wait();
-            }
+            let metrics = &self.inner.metrics;
+            let slot = generation
+                .client
+                .slot(|| metrics.upstream_connection_wait())
+                .await;
             (generation.client.request(req).await, slot)
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        match tokio::time::timeout_at(deadline, exchange).await {
             // hyper consumes 100 Continue and 103 Early Hints itself; anything else below
             // 200 (a 101 to a request that asked for no upgrade) has no place in a reply.
             Ok((Ok(resp), _)) if resp.status().is_informational() => {
@@ -452,43 +474,16 @@ impl Proxy {
         }
     }
 
-    /// The PSP's response, for the app. A small body of known length is read whole first
-    /// (bounded by `request_timeout`), so that the app gets head and body in one write and
-    /// the HTTP/1.1 connection goes back to the pool at once; a larger or unannounced one
-    /// is streamed, holding its connection slot until it ends.
+    /// The PSP's response, for the app (see [`response`]).
     async fn relay(
         &self,
         resp: Response<Incoming>,
         slot: Slot,
+        deadline: Instant,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let (mut parts, body) = resp.into_parts();
-        rewrite::clean_response_headers(&mut parts.headers);
-        let small = body
-            .size_hint()
-            .exact()
-            .is_some_and(|n| n <= RESPONSE_BUFFER_LIMIT);
-        if !small {
-            return Ok(Response::from_parts(
-                parts,
-                Either::Left(body::PspBody::new(body, slot)),
-            ));
-        }
-        let timeout = self.inner.opts.request_timeout;
-        let collected = tokio::time::timeout(timeout, body.collect())
-            .await
-            .map_err(|_| ProxyError::UpstreamTimeout(timeout))?
-            .map_err(ProxyError::UpstreamBody)?;
-        drop(slot);
-        Ok(Response::from_parts(
-            parts,
-            Either::Right(Full::new(collected.to_bytes())),
-        ))
+        response::relay(resp, slot, deadline, self.inner.opts.request_timeout).await
     }
 }
-
-/// Response bodies up to this length (by `Content-Length`) are read whole before the
-/// response goes to the app: most PSP answers (a charge, a Pix, an error) are a few KiB.
-const RESPONSE_BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// Whether the PSP said it never processed the request, so that sending it again cannot do
 /// it twice (RFC 9113, sections 6.8 and 8.7): its stream was above the last one a GOAWAY

@@ -394,11 +394,81 @@ async fn small_and_limit_sized_bodies_pass_through_byte_exact() {
     }
 }
 
-/// Fails on efebfba: `send` counts a wait only once the slot is acquired
-/// (`if slot.waited` after `slot().await`), so a request that times out while waiting is
-/// never counted, though it is the wait that matters most.
+/// Bodies without a length (HTTP/1.1 chunked, h2 without `content-length`) are read ahead
+/// while their frames come without waiting; whatever the split between read-ahead and
+/// streaming, the app gets every byte, in order.
 #[tokio::test]
-#[ignore = "product bug: a request that times out waiting for a slot is not counted in upstream_connection_waits_total"]
+async fn bodies_without_a_length_pass_through_byte_exact() {
+    for h2 in [false, true] {
+        let extra: &[&str] = if h2 { &[] } else { &["--upstream-http1-only"] };
+        let s = setup(h2, extra).await;
+        let http = http_client();
+        let sizes = [1, 100, 16 * 1024, 65536, 65537, 300 * 1024];
+        for n in sizes {
+            let what = format!("/chunked/{n} (PSP h2 offered: {h2})");
+            let got = send(
+                &http,
+                Request::get(s.sidecar.url(&format!("/chunked/{n}")))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(got.status, 200, "{what}");
+            assert_eq!(got.headers["x-counting-psp"], "1", "{what}");
+            assert!(
+                got.body == pattern(n),
+                "{what}: body of {} bytes",
+                got.body.len()
+            );
+        }
+        assert_eq!(s.psp.requests(), sizes.len() as u64);
+    }
+}
+
+/// A body without a length whose rest is held back: what came is relayed at once (the
+/// read-ahead stops at the first frame that is not there), and the slot is held until the
+/// end.
+#[tokio::test]
+async fn a_paused_body_without_a_length_streams_what_came_and_holds_its_slot() {
+    let s = setup(
+        false,
+        &["--upstream-http1-only", "--upstream-max-connections", "1"],
+    )
+    .await;
+    let len = 200 * 1024;
+    let mut first = open(&s.sidecar, &format!("/gated-chunked/{len}")).await;
+    assert_eq!(first.status(), 200);
+    assert!(!first.headers().contains_key("content-length"));
+    // The data before the gate reaches the app while the PSP holds the rest.
+    let mut got = Vec::new();
+    while got.len() < 64 * 1024 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), first.body_mut().frame())
+            .await
+            .expect("the data sent before the pause reaches the app")
+            .expect("a frame")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            got.extend_from_slice(&data);
+        }
+    }
+    assert_eq!(s.psp.in_flight(), 1);
+    assert_eq!(s.psp.requests(), 1);
+    s.psp.open_gate();
+    let rest = first.into_body().collect().await.unwrap().to_bytes();
+    got.extend_from_slice(&rest);
+    assert!(
+        got == pattern(len),
+        "body of {} bytes is not byte-exact",
+        got.len()
+    );
+    let after = get(&s.sidecar.url("/echo/after")).await;
+    assert_eq!(after.status, 200);
+    assert_eq!(waits(&s.sidecar).await, 0);
+}
+
+/// A request that times out while waiting for a slot is counted too: that is the wait that
+/// matters most (it failed before the wait was counted ahead of waiting).
+#[tokio::test]
 async fn a_request_that_gives_up_waiting_for_a_slot_is_counted_as_a_wait() {
     let s = setup(
         false,

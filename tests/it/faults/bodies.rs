@@ -129,7 +129,8 @@ fn rows() -> Vec<Row> {
             expect: Problem(502, "upstream-protocol"),
         },
         Row {
-            name: "PSP: body shorter than its Content-Length, then close",
+            // Small enough to be read whole before the head is relayed: a clean 502.
+            name: "PSP: small body shorter than its Content-Length, then close",
             side: Side::Psp,
             request: get.clone(),
             eof: false,
@@ -137,17 +138,46 @@ fn rows() -> Vec<Row> {
                 b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort",
                 Step::Close,
             ),
+            expect: Problem(502, "upstream-protocol"),
+        },
+        Row {
+            // Over the 64 KiB read-whole limit: streamed, so the head is already out.
+            name: "PSP: large body shorter than its Content-Length, then close",
+            side: Side::Psp,
+            request: get.clone(),
+            eof: false,
+            psp: psp(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\nshort",
+                Step::Close,
+            ),
             expect: Cut,
         },
         Row {
-            name: "PSP: chunk size not hex",
+            // Read ahead with its first chunk (it arrives in the same read): a clean 502.
+            name: "PSP: chunk size not hex, right after the first chunk",
             side: Side::Psp,
-            request: get,
+            request: get.clone(),
             eof: false,
             psp: psp(
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n",
                 Step::Hold,
             ),
+            expect: Problem(502, "upstream-protocol"),
+        },
+        Row {
+            // The bad chunk comes after a pause: the first one is already relayed.
+            name: "PSP: chunk size not hex, after a pause",
+            side: Side::Psp,
+            request: get,
+            eof: false,
+            psp: vec![
+                Step::Write(bytes::Bytes::from_static(
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n",
+                )),
+                Step::Sleep(Duration::from_millis(200)),
+                Step::Write(bytes::Bytes::from_static(b"zz\r\n")),
+                Step::Hold,
+            ],
             expect: Cut,
         },
     ]

@@ -113,24 +113,50 @@ fn cases() -> Vec<(&'static str, Vec<Step>, Expect)> {
             vec![w(b"HTTP/1.1 200 OK\r\ncontent-length: two\r\n\r\nok")],
             Problem("upstream-protocol"),
         ),
+        // A small body (≤ 64 KiB by Content-Length) is read whole before the head goes
+        // out, so its failure is a clean 502; a large one is streamed, so it is cut.
         (
-            "body shorter than Content-Length, then close",
+            "small body shorter than Content-Length, then close",
             vec![w(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort"), Step::Close],
+            Problem("upstream-protocol"),
+        ),
+        (
+            "large body shorter than Content-Length, then close",
+            vec![w(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\nshort"), Step::Close],
             Cut,
         ),
         (
-            "reset in the middle of the body",
+            "reset in the middle of a small body",
             vec![
                 w(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789"),
+                Step::Sleep(Duration::from_millis(50)),
+                Step::Reset,
+            ],
+            Problem("upstream-protocol"),
+        ),
+        (
+            "reset in the middle of a large body",
+            vec![
+                w(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n0123456789"),
                 Step::Sleep(Duration::from_millis(50)),
                 Step::Reset,
             ],
             Cut,
         ),
         (
-            "invalid chunk size in the body",
+            "invalid chunk size right after the first chunk (read ahead)",
             vec![
                 w(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n"),
+                Step::Hold,
+            ],
+            Problem("upstream-protocol"),
+        ),
+        (
+            "invalid chunk size after a pause (already streaming)",
+            vec![
+                w(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n"),
+                Step::Sleep(Duration::from_millis(200)),
+                w(b"zz\r\n"),
                 Step::Hold,
             ],
             Cut,

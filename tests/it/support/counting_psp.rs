@@ -9,6 +9,8 @@
 //! - `/bytes/N`: `200`, exactly N bytes ([`pattern`]) with `Content-Length: N` (`HEAD`:
 //!   the same head, no body);
 //! - `/status/204`: `204`, no body;
+//! - `/chunked/N`, `/gated-chunked/N`: as `/bytes/N`, `/gated/N`, without a length
+//!   (HTTP/1.1: chunked);
 //! - `/gated/N`: `200`, `Content-Length: N`, the first [`GATE_AT`] bytes at once, the rest
 //!   only after [`CountingPsp::open_gate`].
 
@@ -190,6 +192,8 @@ impl Drop for InFlight {
 pub struct Tracked {
     rx: mpsc::Receiver<Bytes>,
     remaining: u64,
+    /// Whether the length is announced (`content-length`); else HTTP/1.1 sends it chunked.
+    announced: bool,
     guard: Option<InFlight>,
 }
 
@@ -227,7 +231,11 @@ impl Body for Tracked {
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining)
+        if self.announced {
+            SizeHint::with_exact(self.remaining)
+        } else {
+            SizeHint::new()
+        }
     }
 }
 
@@ -238,6 +246,15 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Tracked> 
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    // `/chunked/N` and `/gated-chunked/N`: the same bodies without a length (chunked).
+    let unannounced = ["/chunked", "/gated-chunked"]
+        .iter()
+        .find_map(|p| path.strip_prefix(p).map(|rest| (*p, rest.to_owned())));
+    let (path, announced) = match unannounced {
+        Some(("/chunked", rest)) => (format!("/bytes{rest}"), false),
+        Some((_, rest)) => (format!("/gated{rest}"), false),
+        None => (path, true),
+    };
     let number = |prefix: &str| {
         path.strip_prefix(prefix)
             .and_then(|n| n.parse::<usize>().ok())
@@ -274,7 +291,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Tracked> 
         .status(status)
         .header("content-type", content_type)
         .header("x-counting-psp", "1");
-    if status != StatusCode::NO_CONTENT {
+    if status != StatusCode::NO_CONTENT && announced {
         builder = builder.header("content-length", len.to_string());
     }
     let sent = if head { 0 } else { len };
@@ -306,6 +323,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Tracked> 
         .body(Tracked {
             rx,
             remaining: sent as u64,
+            announced,
             guard: Some(guard),
         })
         .unwrap()
