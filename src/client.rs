@@ -112,7 +112,9 @@ impl<B> Clone for UpstreamClient<B> {
 /// Without a bound, N app requests in flight keep N TLS connections to the PSP open, each
 /// with ~46 KB of buffers (hyper's request channel, read and write buffers, rustls, its
 /// task): 256 app connections meant 256 upstream connections and +12 MB. With the bound,
-/// requests beyond it wait for a connection to come free instead of opening one.
+/// requests beyond it wait for a connection to come free instead of opening one. One
+/// HTTP/1.1 PSP connection carries thousands of requests a second when the PSP answers
+/// fast; when it answers in 200 ms, 32 connections carry ~160 a second.
 #[derive(Debug, Default)]
 pub struct Slot {
     /// Released on drop: that frees the slot.
@@ -211,10 +213,14 @@ where
             };
         }
         on_wait();
-        Slot {
-            // The semaphore lives as long as the client and is never closed.
-            _permit: self.http1_slots.clone().acquire_owned().await.ok(),
-        }
+        // The semaphore lives as long as the client and is never closed.
+        let permit = self.http1_slots.clone().acquire_owned().await.ok();
+        // The slot was freed by an exchange whose body just ended; its connection goes back
+        // to the pool from another task, queued before this one. Letting it run first means
+        // the pool has that connection when this exchange asks for one, instead of starting
+        // a new TLS connection that the returning one would then make redundant.
+        tokio::task::yield_now().await;
+        Slot { _permit: permit }
     }
 
     /// The protocol the PSP negotiated on the newest connection.

@@ -266,7 +266,7 @@ pub struct RunArgs {
     /// request to the end of its response). Further requests wait for one to come free,
     /// within --request-timeout; waits are counted in upstream_connection_waits_total.
     /// HTTP/2 multiplexes every request on one connection and is not limited by this.
-    #[arg(long, env = "PIX_AUTH_PROXY_UPSTREAM_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..), help_heading = "Timeouts and limits")]
+    #[arg(long, env = "PIX_AUTH_PROXY_UPSTREAM_MAX_CONNECTIONS", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..), help_heading = "Timeouts and limits")]
     pub upstream_max_connections: u16,
 
     /// Time allowed for the PSP's response headers to an API request.

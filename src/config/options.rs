@@ -112,7 +112,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             http1_only: false,
             pool_idle_timeout: Duration::from_secs(90),
-            max_http1_connections: 64,
+            max_http1_connections: 32,
         }
     }
 }

@@ -123,7 +123,8 @@ async fn http1_exchanges_in_flight_at_the_psp_never_exceed_the_bound() {
 
 #[tokio::test]
 async fn without_a_low_bound_the_same_burst_reaches_the_psp_all_at_once() {
-    // The default bound (64): the burst above is limited by the bound, not by the test.
+    // The default bound (32, above the 24 of the burst): the burst above was limited by
+    // the bound, not by the test.
     let s = setup(false, &["--upstream-http1-only"]).await;
     s.psp.set_delay(Duration::from_millis(200));
     burst(&s.sidecar, 24).await;
