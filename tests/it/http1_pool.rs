@@ -52,6 +52,13 @@ async fn setup(h2: bool, extra: &[&str]) -> Setup {
     Setup { sidecar, psp, env }
 }
 
+/// An HTTP/1.1-only sidecar with a single connection slot, and `extra` flags.
+async fn one_slot(extra: &[&str]) -> Setup {
+    let mut flags = vec!["--upstream-http1-only", "--upstream-max-connections", "1"];
+    flags.extend_from_slice(extra);
+    setup(false, &flags).await
+}
+
 /// `n` concurrent GETs of `/echo/{i}`, each on its own app connection; every one must be
 /// answered 200 with its own path as the body.
 async fn burst(sidecar: &Running, n: usize) {
@@ -171,11 +178,7 @@ async fn http2_exchanges_take_no_slot() {
 
 #[tokio::test]
 async fn a_streamed_response_holds_its_slot_until_its_body_ends() {
-    let s = setup(
-        false,
-        &["--upstream-http1-only", "--upstream-max-connections", "1"],
-    )
-    .await;
+    let s = one_slot(&[]).await;
     let len = 200 * 1024;
     let first = open(&s.sidecar, &format!("/gated/{len}")).await;
     assert_eq!(first.status(), 200);
@@ -223,17 +226,7 @@ async fn a_streamed_response_holds_its_slot_until_its_body_ends() {
 
 #[tokio::test]
 async fn a_streamed_response_dropped_by_the_app_gives_its_slot_back() {
-    let s = setup(
-        false,
-        &[
-            "--upstream-http1-only",
-            "--upstream-max-connections",
-            "1",
-            "--request-timeout",
-            "3s",
-        ],
-    )
-    .await;
+    let s = one_slot(&["--request-timeout", "3s"]).await;
     {
         let resp = open(&s.sidecar, "/gated/204800").await;
         assert_eq!(resp.status(), 200);
@@ -266,17 +259,7 @@ async fn a_streamed_response_dropped_by_the_app_gives_its_slot_back() {
 
 #[tokio::test]
 async fn waiting_for_a_slot_is_bounded_by_the_request_timeout() {
-    let s = setup(
-        false,
-        &[
-            "--upstream-http1-only",
-            "--upstream-max-connections",
-            "1",
-            "--request-timeout",
-            "1s",
-        ],
-    )
-    .await;
+    let s = one_slot(&["--request-timeout", "1s"]).await;
     // The only slot is held by a streamed body the PSP does not finish.
     let first = open(&s.sidecar, "/gated/204800").await;
     assert_eq!(first.status(), 200);
@@ -431,11 +414,7 @@ async fn bodies_without_a_length_pass_through_byte_exact() {
 /// end.
 #[tokio::test]
 async fn a_paused_body_without_a_length_streams_what_came_and_holds_its_slot() {
-    let s = setup(
-        false,
-        &["--upstream-http1-only", "--upstream-max-connections", "1"],
-    )
-    .await;
+    let s = one_slot(&[]).await;
     let len = 200 * 1024;
     let mut first = open(&s.sidecar, &format!("/gated-chunked/{len}")).await;
     assert_eq!(first.status(), 200);
@@ -471,17 +450,7 @@ async fn a_paused_body_without_a_length_streams_what_came_and_holds_its_slot() {
 /// matters most (it failed before the wait was counted ahead of waiting).
 #[tokio::test]
 async fn a_request_that_gives_up_waiting_for_a_slot_is_counted_as_a_wait() {
-    let s = setup(
-        false,
-        &[
-            "--upstream-http1-only",
-            "--upstream-max-connections",
-            "1",
-            "--request-timeout",
-            "1s",
-        ],
-    )
-    .await;
+    let s = one_slot(&["--request-timeout", "1s"]).await;
     let first = open(&s.sidecar, "/gated/204800").await;
     assert_eq!(first.status(), 200);
     let got = tokio::time::timeout(Duration::from_secs(10), get(&s.sidecar.url("/echo/second")))
