@@ -16,12 +16,14 @@ use bytes::Bytes;
 use http::Uri;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::client::legacy::{Builder, Client, ResponseFuture};
+use hyper_util::client::legacy::{Builder, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service as _;
+
+use crate::metrics::Metrics;
 
 pub use crate::config::ClientOptions;
 
@@ -90,6 +92,7 @@ pub struct UpstreamClient<B> {
     connector: AlpnLearner,
     base: Uri,
     http1_slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl<B> Clone for UpstreamClient<B> {
@@ -101,6 +104,7 @@ impl<B> Clone for UpstreamClient<B> {
             connector: self.connector.clone(),
             base: self.base.clone(),
             http1_slots: self.http1_slots.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -169,8 +173,9 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// Clients towards `base` presenting the identity in `tls`.
-    pub fn new(tls: ClientConfig, opts: &ClientOptions, base: Uri) -> Self {
+    /// Clients towards `base` presenting the identity in `tls`; waits for an HTTP/1.1 slot
+    /// are counted in `metrics`.
+    pub fn new(tls: ClientConfig, opts: &ClientOptions, base: Uri, metrics: Arc<Metrics>) -> Self {
         let learned = Arc::new(AtomicU8::new(UpstreamProtocol::Unknown.to_u8()));
         let max_http1 = opts.max_http1_connections.max(1);
         let connector = AlpnLearner {
@@ -196,14 +201,27 @@ where
             connector,
             base,
             http1_slots: Arc::new(Semaphore::new(max_http1)),
+            metrics,
         }
     }
 
-    /// What an exchange must hold before [`request`](Self::request): nothing when it goes
-    /// over HTTP/2, else one of the HTTP/1.1 slots, waiting for one to come free if need be
-    /// (`on_wait` is called first, so that a wait cut short by a timeout still counts).
-    /// While the protocol is unknown (before the first connection), a slot is taken.
-    pub async fn slot(&self, on_wait: impl FnOnce()) -> Slot {
+    /// Send `req` through the pool that fits what the PSP speaks, holding an HTTP/1.1 slot
+    /// for it: the returned [`Slot`] must live as long as the response body is read.
+    pub async fn send(
+        &self,
+        req: http::Request<B>,
+    ) -> Result<(http::Response<hyper::body::Incoming>, Slot), hyper_util::client::legacy::Error>
+    {
+        let slot = self.slot().await;
+        let resp = self.pool_for_now().request(req).await?;
+        Ok((resp, slot))
+    }
+
+    /// What an exchange must hold: nothing when it goes over HTTP/2, else one of the
+    /// HTTP/1.1 slots, waiting for one to come free if need be (the wait is counted first,
+    /// so that a wait cut short by a timeout counts too). While the protocol is unknown
+    /// (before the first connection), a slot is taken.
+    async fn slot(&self) -> Slot {
         if self.h2.is_some() && self.protocol() == UpstreamProtocol::Http2 {
             return Slot::default();
         }
@@ -212,7 +230,7 @@ where
                 _permit: Some(permit),
             };
         }
-        on_wait();
+        self.metrics.upstream_connection_wait();
         // The semaphore lives as long as the client and is never closed.
         let permit = self.http1_slots.clone().acquire_owned().await.ok();
         // The slot was freed by an exchange whose body just ended; its connection goes back
@@ -228,11 +246,11 @@ where
         UpstreamProtocol::from_u8(self.learned.load(Ordering::Relaxed))
     }
 
-    /// Send `req` through the pool that fits what the PSP speaks.
-    pub fn request(&self, req: http::Request<B>) -> ResponseFuture {
+    /// The pool that fits what the PSP speaks now.
+    fn pool_for_now(&self) -> &Client<AlpnLearner, B> {
         match &self.h2 {
-            Some(h2) if self.protocol() == UpstreamProtocol::Http2 => h2.request(req),
-            _ => self.discover.request(req),
+            Some(h2) if self.protocol() == UpstreamProtocol::Http2 => h2,
+            _ => &self.discover,
         }
     }
 

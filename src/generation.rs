@@ -79,7 +79,12 @@ impl Generation {
         let identity = config.identity.load()?;
         let roots = crate::tls::root_store(config.ca.as_deref(), &config.extra_roots)?;
         let tls = identity.client_config(Arc::new(roots))?;
-        let client = UpstreamClient::new(tls.clone(), &config.client, config.upstream.clone());
+        let client = UpstreamClient::new(
+            tls.clone(),
+            &config.client,
+            config.upstream.clone(),
+            metrics.clone(),
+        );
         // The token endpoint gets its own pool: its connections live on another host and
         // carry other timeouts.
         let token_http = crate::client::https_client(tls, &config.client);

@@ -342,10 +342,10 @@ impl Proxy {
                 if resp.status() != StatusCode::UNAUTHORIZED {
                     return self.relay(resp, slot, deadline).await;
                 }
-                drop(slot);
                 // The cold path lives in its own allocation, so the future every app
                 // connection keeps for its in-flight request stays small.
-                Box::pin(self.replay_after_401(&generation, &out, version, &bytes, resp)).await
+                Box::pin(self.replay_after_401(&generation, &out, version, &bytes, (resp, slot)))
+                    .await
             }
         }
     }
@@ -357,7 +357,7 @@ impl Proxy {
         out: &Outgoing,
         version: u64,
         bytes: &Bytes,
-        resp: Response<Incoming>,
+        (resp, slot): (Response<Incoming>, Slot),
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let inner = &*self.inner;
         inner.metrics.unauthorized();
@@ -373,11 +373,7 @@ impl Proxy {
                 "PSP rejected the token and no newer one arrived; passing the 401 through"
             );
             return self
-                .relay(
-                    resp,
-                    Slot::default(),
-                    Instant::now() + inner.opts.request_timeout,
-                )
+                .relay(resp, slot, Instant::now() + inner.opts.request_timeout)
                 .await;
         };
         tracing::info!(
@@ -386,7 +382,8 @@ impl Proxy {
             replay_with = new_version,
             "PSP rejected the token; replaying once with a new one"
         );
-        drop(resp);
+        // The 401's connection (and its slot) is given up before the replay takes one.
+        drop((resp, slot));
         let deadline = Instant::now() + inner.opts.request_timeout;
         let (resp, slot) = self
             .send_buffered(generation, out, &auth, bytes, deadline)
@@ -454,22 +451,14 @@ impl Proxy {
         deadline: Instant,
     ) -> Result<(Response<Incoming>, Slot), ProxyError> {
         let timeout = self.inner.opts.request_timeout;
-        let exchange = async {
-            let metrics = &self.inner.metrics;
-            let slot = generation
-                .client
-                .slot(|| metrics.upstream_connection_wait())
-                .await;
-            (generation.client.request(req).await, slot)
-        };
-        match tokio::time::timeout_at(deadline, exchange).await {
+        match tokio::time::timeout_at(deadline, generation.client.send(req)).await {
             // hyper consumes 100 Continue and 103 Early Hints itself; anything else below
             // 200 (a 101 to a request that asked for no upgrade) has no place in a reply.
-            Ok((Ok(resp), _)) if resp.status().is_informational() => {
+            Ok(Ok((resp, _))) if resp.status().is_informational() => {
                 Err(ProxyError::UpstreamStatus(resp.status()))
             }
-            Ok((Ok(resp), slot)) => Ok((resp, slot)),
-            Ok((Err(e), _)) => Err(ProxyError::from_client(e)),
+            Ok(Ok(sent)) => Ok(sent),
+            Ok(Err(e)) => Err(ProxyError::from_client(e)),
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
         }
     }

@@ -139,7 +139,8 @@ impl Verifier {
             };
             self.extras.apply(req.headers_mut());
             req.headers_mut().insert(header::AUTHORIZATION, auth);
-            let Ok(resp) = generation.client.request(req).await else {
+            // `_slot` keeps an HTTP/1.1 connection slot until the answer is read.
+            let Ok((resp, _slot)) = generation.client.send(req).await else {
                 return Lookup::Failed;
             };
             let status = resp.status();
