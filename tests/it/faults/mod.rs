@@ -74,20 +74,52 @@ pub struct Tally {
 
 /// One sequential HTTP/1.1 client per URL for `duration`, each request bounded by 5 s.
 pub async fn load(urls: &[String], duration: std::time::Duration) -> Tally {
-    load_on(urls, duration, false).await
+    let progress = std::sync::Arc::new(Progress::default());
+    let stopper = progress.clone();
+    let timer = tokio::spawn(async move {
+        tokio::time::sleep(duration).await;
+        stopper.stop();
+    });
+    let t = load_until(urls, false, progress).await;
+    timer.abort();
+    t
 }
 
-/// [`load`], over h2c (prior knowledge) if `h2c`.
-pub async fn load_on(urls: &[String], duration: std::time::Duration, h2c: bool) -> Tally {
-    let until = tokio::time::Instant::now() + duration;
+/// A client loop's live view: 2xx answers so far, and the flag that ends it.
+#[derive(Debug, Default)]
+pub struct Progress {
+    ok: std::sync::atomic::AtomicU64,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    pub fn ok(&self) -> u64 {
+        self.ok.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Each loop ends after the request it is in.
+    pub fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// One sequential client per URL (h2c with prior knowledge if `h2c`, else HTTP/1.1), each
+/// request bounded by 5 s, until [`Progress::stop`]; 2xx answers are counted in `progress`
+/// as they come.
+pub async fn load_until(urls: &[String], h2c: bool, progress: std::sync::Arc<Progress>) -> Tally {
     let tasks: Vec<_> = urls
         .iter()
         .cloned()
         .map(|url| {
+            let progress = progress.clone();
             tokio::spawn(async move {
                 let client = if h2c { h2c_client() } else { http_client() };
                 let mut t = Tally::default();
-                while tokio::time::Instant::now() < until {
+                while !progress.stopped() {
                     let req = http::Request::get(url.as_str()).body(empty()).unwrap();
                     let answer = tokio::time::timeout(
                         std::time::Duration::from_secs(5),
@@ -95,7 +127,12 @@ pub async fn load_on(urls: &[String], duration: std::time::Duration, h2c: bool) 
                     )
                     .await;
                     match answer {
-                        Ok(Ok(resp)) if resp.status().is_success() => t.ok += 1,
+                        Ok(Ok(resp)) if resp.status().is_success() => {
+                            t.ok += 1;
+                            progress
+                                .ok
+                                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
                         Ok(Ok(resp)) => {
                             t.non_2xx += 1;
                             eprintln!("non-2xx answer: {}", resp.status());
