@@ -72,16 +72,20 @@ pub struct Tally {
     pub unanswered: u64,
 }
 
-/// One sequential HTTP/1.1 client per URL for `duration`, each request bounded by 5 s.
-pub async fn load(urls: &[String], duration: std::time::Duration) -> Tally {
+/// One sequential HTTP/1.1 client per URL, each request bounded by 5 s, for at least
+/// `duration` and until `ok` 2xx answers in all (at most 30 s, so a stalled loop still ends).
+pub async fn load_for_at_least(urls: &[String], duration: std::time::Duration, ok: u64) -> Tally {
     let progress = std::sync::Arc::new(Progress::default());
-    let stopper = progress.clone();
-    let timer = tokio::spawn(async move {
-        tokio::time::sleep(duration).await;
-        stopper.stop();
-    });
+    let watcher = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            eventually(std::time::Duration::from_secs(30), || progress.ok() >= ok).await;
+            progress.stop();
+        })
+    };
     let t = load_until(urls, false, progress).await;
-    timer.abort();
+    watcher.await.unwrap();
     t
 }
 
