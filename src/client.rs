@@ -91,6 +91,8 @@ pub struct UpstreamClient<B> {
     learned: Arc<AtomicU8>,
     connector: AlpnLearner,
     base: Uri,
+    /// `Host` for HTTP/1.1 requests to `base`, built once.
+    host: Option<http::HeaderValue>,
     http1_slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
@@ -103,6 +105,7 @@ impl<B> Clone for UpstreamClient<B> {
             learned: self.learned.clone(),
             connector: self.connector.clone(),
             base: self.base.clone(),
+            host: self.host.clone(),
             http1_slots: self.http1_slots.clone(),
             metrics: self.metrics.clone(),
         }
@@ -199,22 +202,38 @@ where
             h2,
             learned,
             connector,
+            host: host_header(&base),
             base,
             http1_slots: Arc::new(Semaphore::new(max_http1)),
             metrics,
         }
     }
 
-    /// Send `req` through the pool that fits what the PSP speaks, holding an HTTP/1.1 slot
-    /// for it: the returned [`Slot`] must live as long as the response body is read.
+    /// Send `req` (a request to `base`) through the pool that fits what the PSP speaks,
+    /// holding an HTTP/1.1 slot for it: the returned [`Slot`] must live as long as the
+    /// response body is read.
     pub async fn send(
         &self,
-        req: http::Request<B>,
+        mut req: http::Request<B>,
     ) -> Result<(http::Response<hyper::body::Incoming>, Slot), hyper_util::client::legacy::Error>
     {
+        debug_assert_eq!(req.uri().authority(), self.base.authority());
+        if !self.on_h2() {
+            // hyper-util would format the same value for every HTTP/1.1 request.
+            if let Some(host) = &self.host {
+                req.headers_mut()
+                    .entry(http::header::HOST)
+                    .or_insert_with(|| host.clone());
+            }
+        }
         let slot = self.slot().await;
         let resp = self.pool_for_now().request(req).await?;
         Ok((resp, slot))
+    }
+
+    /// Whether requests go through the HTTP/2 pool now.
+    fn on_h2(&self) -> bool {
+        self.h2.is_some() && self.protocol() == UpstreamProtocol::Http2
     }
 
     /// What an exchange must hold: nothing when it goes over HTTP/2, else one of the
@@ -222,7 +241,7 @@ where
     /// so that a wait cut short by a timeout counts too). While the protocol is unknown
     /// (before the first connection), a slot is taken.
     async fn slot(&self) -> Slot {
-        if self.h2.is_some() && self.protocol() == UpstreamProtocol::Http2 {
+        if self.on_h2() {
             return Slot::default();
         }
         if let Ok(permit) = self.http1_slots.clone().try_acquire_owned() {
@@ -249,7 +268,7 @@ where
     /// The pool that fits what the PSP speaks now.
     fn pool_for_now(&self) -> &Client<AlpnLearner, B> {
         match &self.h2 {
-            Some(h2) if self.protocol() == UpstreamProtocol::Http2 => h2,
+            Some(h2) if self.on_h2() => h2,
             _ => &self.discover,
         }
     }
@@ -267,6 +286,21 @@ where
         drop(connector.call(self.base.clone()).await?);
         Ok(self.protocol())
     }
+}
+
+/// `Host` for requests to `base`: its host, and its port unless that is the scheme's default
+/// (what hyper-util sets on an HTTP/1.1 request that has none).
+fn host_header(base: &Uri) -> Option<http::HeaderValue> {
+    let host = base.host()?;
+    let default = match base.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    let value = match base.port_u16() {
+        Some(port) if port != default => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    };
+    http::HeaderValue::from_str(&value).ok()
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -314,5 +348,34 @@ impl tower_service::Service<Uri> for AlpnLearner {
             }
             Ok(io)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_header;
+
+    #[test]
+    fn host_is_the_bases_host_with_its_port_unless_default() {
+        let host =
+            |uri: &str| host_header(&uri.parse().unwrap()).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            host("https://psp.example/v2").as_deref(),
+            Some("psp.example")
+        );
+        assert_eq!(
+            host("https://psp.example:443/").as_deref(),
+            Some("psp.example")
+        );
+        assert_eq!(
+            host("https://psp.example:8443/").as_deref(),
+            Some("psp.example:8443")
+        );
+        assert_eq!(host("http://127.0.0.1:80/").as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            host("https://127.0.0.1:80/").as_deref(),
+            Some("127.0.0.1:80")
+        );
+        assert_eq!(host("https://[::1]:9443/").as_deref(), Some("[::1]:9443"));
     }
 }

@@ -133,7 +133,7 @@ pub enum FramingProblem {
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus `Proxy-Authorization`: never forwarded. `Host`
 /// (the upstream's is set by the client) and `Authorization` (replaced by ours) are handled
 /// apart, since nearly every request carries them.
-const REQUEST_DROP: [HeaderName; 8] = [
+static REQUEST_DROP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::TE,
@@ -144,7 +144,7 @@ const REQUEST_DROP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-const RESPONSE_DROP: [HeaderName; 8] = [
+static RESPONSE_DROP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::TE,
@@ -168,18 +168,27 @@ fn drop_connection_listed(headers: &mut HeaderMap) {
     }
 }
 
-/// Remove every header of `drop` present in `headers`. A first pass over the (few) headers
-/// present decides whether any removal is needed at all: a `remove` per candidate name
-/// costs a hash lookup each, which showed up in the request path's profile.
-fn strip(headers: &mut HeaderMap, drop: &[HeaderName]) {
-    if !headers.keys().any(|k| drop.contains(k)) {
+/// Remove every header of `drop` present in `headers`. One pass over the (few) headers
+/// present marks which of `drop` are there, and only those are removed: a `remove` costs a
+/// hash lookup each, which showed up in the request path's profile (a chunked PSP answer
+/// carries `transfer-encoding`, and removing all eight names cost ~1.4k instructions).
+fn strip(headers: &mut HeaderMap, drop: &[HeaderName; 8]) {
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = drop.iter().position(|d| d == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
         drop_connection_listed(headers);
     }
-    for name in drop {
-        headers.remove(name);
+    for (i, name) in drop.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 

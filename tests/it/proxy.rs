@@ -112,6 +112,48 @@ async fn h2c_app_and_h2_upstream_work_and_http1_only_forces_http1() {
     assert_eq!(got.json()["version"], "HTTP/1.1");
 }
 
+/// The sidecar sets `Host` itself on HTTP/1.1 (built once from `--upstream`); the PSP sees
+/// exactly one, its own, whatever the app sent; over h2 it sees `:authority` and no `Host`.
+#[tokio::test]
+async fn the_psp_sees_its_own_host_once_over_http1_and_only_authority_over_h2() {
+    let env = Env::new().await;
+    let psp = env.psp.addr().to_string();
+    for (flags, version) in [
+        (&[][..], "HTTP/2.0"),
+        (&["--upstream-http1-only"][..], "HTTP/1.1"),
+    ] {
+        let sidecar = env.sidecar(flags).await;
+        sidecar.ready().await;
+        if version == "HTTP/2.0" {
+            assert!(
+                eventually(Duration::from_secs(5), || {
+                    sidecar.current.load().client.protocol()
+                        == pix_auth_proxy::client::UpstreamProtocol::Http2
+                })
+                .await,
+                "the sidecar learns that the PSP speaks h2"
+            );
+        }
+        for app_host in [None, Some("app.internal:8080")] {
+            let mut req = Request::get(sidecar.url("/cob/host"));
+            if let Some(h) = app_host {
+                req = req.header("host", h);
+            }
+            let got = send(&http_client(), req.body(empty()).unwrap()).await;
+            assert_eq!(got.status, 200, "{version} {app_host:?}");
+            let echo = got.json();
+            assert_eq!(echo["version"], version);
+            let hosts = &echo["headers"]["host"];
+            if version == "HTTP/1.1" {
+                assert_eq!(hosts, &serde_json::json!([psp]), "{app_host:?}: {echo}");
+            } else {
+                assert!(hosts.is_null(), "no Host over h2 ({app_host:?}): {echo}");
+            }
+        }
+    }
+    env.assert_logs_clean();
+}
+
 #[tokio::test]
 async fn absolute_form_to_another_host_and_connect_are_refused() {
     let env = Env::new().await;
