@@ -11,7 +11,10 @@ pub mod problem;
 pub mod response;
 pub mod rewrite;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +23,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, V
 use http_body::Body as _;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::client::{Slot, UpstreamProtocol};
 pub use crate::config::{ApiExtras, ProxyOptions};
@@ -311,8 +314,8 @@ impl Proxy {
         let generation = inner.current.load_full();
         let (auth, version) = self.token(&generation).await?;
         // The PSP's whole answer (a free connection, the head, a small body read whole)
-        // is due within `request_timeout` of here.
-        let deadline = Instant::now() + inner.opts.request_timeout;
+        // is due within `request_timeout` of here: one timer for all of it.
+        let mut deadline = std::pin::pin!(tokio::time::sleep(inner.opts.request_timeout));
         match replayable {
             Err(stream) => {
                 let (stream, app_body) = body::AppBody::new(stream);
@@ -320,7 +323,7 @@ impl Proxy {
                     .send(
                         &generation,
                         out.request(auth, Either::Right(stream)),
-                        deadline,
+                        deadline.as_mut(),
                     )
                     .await
                     .map_err(|e| match app_body.failure() {
@@ -337,7 +340,7 @@ impl Proxy {
             }
             Ok(bytes) => {
                 let (resp, slot) = self
-                    .send_buffered(&generation, &out, &auth, &bytes, deadline)
+                    .send_buffered(&generation, &out, &auth, &bytes, deadline.as_mut())
                     .await?;
                 if resp.status() != StatusCode::UNAUTHORIZED {
                     return self.relay(resp, slot, deadline).await;
@@ -372,9 +375,8 @@ impl Proxy {
                 version,
                 "PSP rejected the token and no newer one arrived; passing the 401 through"
             );
-            return self
-                .relay(resp, slot, Instant::now() + inner.opts.request_timeout)
-                .await;
+            let deadline = std::pin::pin!(tokio::time::sleep(inner.opts.request_timeout));
+            return self.relay(resp, slot, deadline).await;
         };
         tracing::info!(
             event = "upstream_unauthorized_replay",
@@ -384,9 +386,9 @@ impl Proxy {
         );
         // The 401's connection (and its slot) is given up before the replay takes one.
         drop((resp, slot));
-        let deadline = Instant::now() + inner.opts.request_timeout;
+        let mut deadline = std::pin::pin!(tokio::time::sleep(inner.opts.request_timeout));
         let (resp, slot) = self
-            .send_buffered(generation, out, &auth, bytes, deadline)
+            .send_buffered(generation, out, &auth, bytes, deadline.as_mut())
             .await?;
         self.relay(resp, slot, deadline).await
     }
@@ -418,11 +420,11 @@ impl Proxy {
         out: &Outgoing,
         auth: &HeaderValue,
         bytes: &Bytes,
-        deadline: Instant,
+        mut deadline: Pin<&mut Sleep>,
     ) -> Result<(Response<Incoming>, Slot), ProxyError> {
         let request = || out.request(auth.clone(), Either::Left(Full::new(bytes.clone())));
         let before = generation.client.protocol();
-        match self.send(generation, request(), deadline).await {
+        match self.send(generation, request(), deadline.as_mut()).await {
             Err(ProxyError::UpstreamConnect(_))
                 if before == UpstreamProtocol::Http2
                     && generation.client.protocol() != UpstreamProtocol::Http2 =>
@@ -448,18 +450,18 @@ impl Proxy {
         &self,
         generation: &Generation,
         req: Request<UpstreamBody>,
-        deadline: Instant,
+        deadline: Pin<&mut Sleep>,
     ) -> Result<(Response<Incoming>, Slot), ProxyError> {
         let timeout = self.inner.opts.request_timeout;
-        match tokio::time::timeout_at(deadline, generation.client.send(req)).await {
+        match within(deadline, generation.client.send(req)).await {
             // hyper consumes 100 Continue and 103 Early Hints itself; anything else below
             // 200 (a 101 to a request that asked for no upgrade) has no place in a reply.
-            Ok(Ok((resp, _))) if resp.status().is_informational() => {
+            Some(Ok((resp, _))) if resp.status().is_informational() => {
                 Err(ProxyError::UpstreamStatus(resp.status()))
             }
-            Ok(Ok(sent)) => Ok(sent),
-            Ok(Err(e)) => Err(ProxyError::from_client(e)),
-            Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
+            Some(Ok(sent)) => Ok(sent),
+            Some(Err(e)) => Err(ProxyError::from_client(e)),
+            None => Err(ProxyError::UpstreamTimeout(timeout)),
         }
     }
 
@@ -468,10 +470,24 @@ impl Proxy {
         &self,
         resp: Response<Incoming>,
         slot: Slot,
-        deadline: Instant,
+        deadline: Pin<&mut Sleep>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         response::relay(resp, slot, deadline, self.inner.opts.request_timeout).await
     }
+}
+
+/// `fut`'s output, or `None` if `deadline` passes first. `fut` is polled first, so one that
+/// is ready wins over a deadline that has just passed. Every step of an exchange shares the
+/// exchange's one timer (registered with the runtime once), instead of a timer per step.
+async fn within<F: Future>(mut deadline: Pin<&mut Sleep>, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        deadline.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Whether the PSP said it never processed the request, so that sending it again cannot do

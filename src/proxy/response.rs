@@ -26,9 +26,9 @@ use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use tokio::time::Instant;
+use tokio::time::Sleep;
 
-use super::{ProxyError, ResponseBody, rewrite};
+use super::{ProxyError, ResponseBody, rewrite, within};
 use crate::client::Slot;
 
 /// Bodies up to this size are read whole before the response goes to the app.
@@ -39,24 +39,24 @@ pub const READ_WHOLE_LIMIT: u64 = 64 * 1024;
 pub async fn relay(
     resp: Response<Incoming>,
     slot: Slot,
-    deadline: Instant,
+    deadline: Pin<&mut Sleep>,
     timeout: std::time::Duration,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, mut body) = resp.into_parts();
     rewrite::clean_response_headers(&mut parts.headers);
-    let late = |_| ProxyError::UpstreamTimeout(timeout);
+    let late = || ProxyError::UpstreamTimeout(timeout);
     let body = match body.size_hint().exact() {
         Some(n) if n <= READ_WHOLE_LIMIT => {
-            let whole = tokio::time::timeout_at(deadline, body.collect())
+            let whole = within(deadline, body.collect())
                 .await
-                .map_err(late)?
+                .ok_or_else(late)?
                 .map_err(ProxyError::UpstreamBody)?;
             Either::Right(Full::new(whole.to_bytes()))
         }
         Some(_) => Either::Left(PspBody::new(body, VecDeque::new(), slot)),
-        None => match tokio::time::timeout_at(deadline, read_ahead(&mut body))
+        None => match within(deadline, read_ahead(&mut body))
             .await
-            .map_err(late)?
+            .ok_or_else(late)?
             .map_err(ProxyError::UpstreamBody)?
         {
             ReadAhead::Whole(bytes) => Either::Right(Full::new(bytes)),
