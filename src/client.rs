@@ -127,6 +127,36 @@ pub struct Slot {
     /// Released on drop: that frees the slot.
     _permit: Option<OwnedSemaphorePermit>,
 }
+type Answer =
+    Result<(http::Response<hyper::body::Incoming>, Slot), hyper_util::client::legacy::Error>;
+
+/// An exchange from [`UpstreamClient::send`] until the PSP's response head.
+pub struct Sending(SendState);
+
+enum SendState {
+    /// Handed to the pool, with its slot.
+    Sent {
+        answer: hyper_util::client::legacy::ResponseFuture,
+        slot: Option<Slot>,
+    },
+    /// Waiting for a slot (boxed, with its request).
+    Waiting(Pin<Box<dyn Future<Output = Answer> + Send>>),
+}
+
+impl Future for Sending {
+    type Output = Answer;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        match &mut self.get_mut().0 {
+            SendState::Sent { answer, slot } => {
+                let resp = std::task::ready!(Pin::new(answer).poll(cx))?;
+                Poll::Ready(Ok((resp, slot.take().unwrap_or_default())))
+            }
+            SendState::Waiting(waiting) => waiting.as_mut().poll(cx),
+        }
+    }
+}
+
 /// What the PSP negotiated on the newest connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
@@ -212,11 +242,12 @@ where
     /// Send `req` (a request to `base`) through the pool that fits what the PSP speaks,
     /// holding an HTTP/1.1 slot for it: the returned [`Slot`] must live as long as the
     /// response body is read.
-    pub async fn send(
-        &self,
-        mut req: http::Request<B>,
-    ) -> Result<(http::Response<hyper::body::Incoming>, Slot), hyper_util::client::legacy::Error>
-    {
+    ///
+    /// When a slot is free (or none is needed) the request is handed to the pool at once and
+    /// the future is small: it does not keep the request, which the future of every request
+    /// in flight would otherwise carry (it is boxed once per app connection by hyper). Only
+    /// a request that must wait for a slot is kept, in a box of its own.
+    pub fn send(&self, mut req: http::Request<B>) -> Sending {
         debug_assert_eq!(req.uri().authority(), self.base.authority());
         if !self.on_h2() {
             // hyper-util would format the same value for every HTTP/1.1 request.
@@ -226,9 +257,20 @@ where
                     .or_insert_with(|| host.clone());
             }
         }
-        let slot = self.slot().await;
-        let resp = self.pool_for_now().request(req).await?;
-        Ok((resp, slot))
+        match self.free_slot() {
+            Some(slot) => Sending(SendState::Sent {
+                answer: self.pool_for_now().request(req),
+                slot: Some(slot),
+            }),
+            None => {
+                let client = self.clone();
+                Sending(SendState::Waiting(Box::pin(async move {
+                    let slot = client.wait_for_slot().await;
+                    let resp = client.pool_for_now().request(req).await?;
+                    Ok((resp, slot))
+                })))
+            }
+        }
     }
 
     /// Whether requests go through the HTTP/2 pool now.
@@ -236,19 +278,22 @@ where
         self.h2.is_some() && self.protocol() == UpstreamProtocol::Http2
     }
 
-    /// What an exchange must hold: nothing when it goes over HTTP/2, else one of the
-    /// HTTP/1.1 slots, waiting for one to come free if need be (the wait is counted first,
-    /// so that a wait cut short by a timeout counts too). While the protocol is unknown
-    /// (before the first connection), a slot is taken.
-    async fn slot(&self) -> Slot {
+    /// What an exchange must hold, if it can have it now: nothing when it goes over HTTP/2,
+    /// else one of the HTTP/1.1 slots if one is free. While the protocol is unknown (before
+    /// the first connection), a slot is taken.
+    fn free_slot(&self) -> Option<Slot> {
         if self.on_h2() {
-            return Slot::default();
+            return Some(Slot::default());
         }
-        if let Ok(permit) = self.http1_slots.clone().try_acquire_owned() {
-            return Slot {
-                _permit: Some(permit),
-            };
-        }
+        let permit = self.http1_slots.clone().try_acquire_owned().ok()?;
+        Some(Slot {
+            _permit: Some(permit),
+        })
+    }
+
+    /// Wait for an HTTP/1.1 slot to come free (the wait is counted first, so that a wait cut
+    /// short by a timeout counts too).
+    async fn wait_for_slot(&self) -> Slot {
         self.metrics.upstream_connection_wait();
         // The semaphore lives as long as the client and is never closed.
         let permit = self.http1_slots.clone().acquire_owned().await.ok();

@@ -214,18 +214,38 @@ impl Proxy {
 
     /// Handle one request from the app and count it. Never fails: errors become problem
     /// responses. Takes the proxy by value (one `Arc`) so that the future needs no wrapper.
-    pub async fn handle(self, req: Request<Incoming>) -> Response<ResponseBody> {
+    ///
+    /// The request is checked and rewritten before the future is made, so that the future
+    /// (boxed by hyper once per app connection, for the request in flight) keeps only what
+    /// goes upstream, not the app's request as well.
+    pub fn handle(
+        self,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
         let started = Instant::now();
-        let resp = self.respond(req).await;
-        self.inner
-            .metrics
-            .request(resp.status().as_u16(), started.elapsed());
-        resp
+        let method = req.method().clone();
+        let prepared = self.prepare(req);
+        async move {
+            let answer = match prepared {
+                Ok((out, body)) => self.exchange(&out, body).await,
+                Err(err) => Err(err),
+            };
+            let resp = self.respond(&method, answer);
+            self.inner
+                .metrics
+                .request(resp.status().as_u16(), started.elapsed());
+            resp
+        }
     }
 
-    async fn respond(&self, req: Request<Incoming>) -> Response<ResponseBody> {
-        let method = req.method().clone();
-        match self.forward(req).await {
+    /// The app's answer: the PSP's response, or the problem for what went wrong (logged and
+    /// counted).
+    fn respond(
+        &self,
+        method: &Method,
+        answer: Result<Response<ResponseBody>, ProxyError>,
+    ) -> Response<ResponseBody> {
+        match answer {
             Ok(resp) => resp,
             Err(err) => {
                 let kind = err.kind();
@@ -242,7 +262,9 @@ impl Proxy {
         }
     }
 
-    async fn forward(&self, req: Request<Incoming>) -> Result<Response<ResponseBody>, ProxyError> {
+    /// The app's request checked (framing, target) and rewritten for the PSP: its URI, its
+    /// headers cleaned; the body as it came.
+    fn prepare(&self, req: Request<Incoming>) -> Result<(Outgoing, Incoming), ProxyError> {
         let inner = &*self.inner;
         match rewrite::framing_problem(req.version(), req.headers()) {
             None => {}
@@ -285,7 +307,16 @@ impl Proxy {
             uri,
             headers,
         };
+        Ok((out, body))
+    }
 
+    /// The exchange with the PSP for a prepared request.
+    async fn exchange(
+        &self,
+        out: &Outgoing,
+        body: Incoming,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let inner = &*self.inner;
         // Buffer small bodies of known size so a 401 can be replayed; stream the rest.
         let replayable = match body.size_hint().upper() {
             Some(n) if n as usize <= inner.opts.replay_limit => {
@@ -340,14 +371,14 @@ impl Proxy {
             }
             Ok(bytes) => {
                 let (resp, slot) = self
-                    .send_buffered(&generation, &out, &auth, &bytes, deadline.as_mut())
+                    .send_buffered(&generation, out, &auth, &bytes, deadline.as_mut())
                     .await?;
                 if resp.status() != StatusCode::UNAUTHORIZED {
                     return self.relay(resp, slot, deadline).await;
                 }
                 // The cold path lives in its own allocation, so the future every app
                 // connection keeps for its in-flight request stays small.
-                Box::pin(self.replay_after_401(&generation, &out, version, &bytes, (resp, slot)))
+                Box::pin(self.replay_after_401(&generation, out, version, &bytes, (resp, slot)))
                     .await
             }
         }
@@ -445,49 +476,68 @@ impl Proxy {
     }
 
     /// One exchange with the PSP: a connection slot (HTTP/1.1; waiting for one if all are
-    /// busy), then the request, until the response head; both by `deadline`.
-    async fn send(
+    /// busy), then the request, until the response head; both by `deadline`. Not an `async
+    /// fn`: the request goes to the client now, so the future does not keep it.
+    fn send<'a>(
         &self,
         generation: &Generation,
         req: Request<UpstreamBody>,
-        deadline: Pin<&mut Sleep>,
-    ) -> Result<(Response<Incoming>, Slot), ProxyError> {
+        deadline: Pin<&'a mut Sleep>,
+    ) -> impl Future<Output = Result<(Response<Incoming>, Slot), ProxyError>> + use<'a> {
         let timeout = self.inner.opts.request_timeout;
-        match within(deadline, generation.client.send(req)).await {
-            // hyper consumes 100 Continue and 103 Early Hints itself; anything else below
-            // 200 (a 101 to a request that asked for no upgrade) has no place in a reply.
-            Some(Ok((resp, _))) if resp.status().is_informational() => {
-                Err(ProxyError::UpstreamStatus(resp.status()))
+        let sending = within(deadline, generation.client.send(req));
+        async move {
+            match sending.await {
+                // hyper consumes 100 Continue and 103 Early Hints itself; anything else below
+                // 200 (a 101 to a request that asked for no upgrade) has no place in a reply.
+                Some(Ok((resp, _))) if resp.status().is_informational() => {
+                    Err(ProxyError::UpstreamStatus(resp.status()))
+                }
+                Some(Ok(sent)) => Ok(sent),
+                Some(Err(e)) => Err(ProxyError::from_client(e)),
+                None => Err(ProxyError::UpstreamTimeout(timeout)),
             }
-            Some(Ok(sent)) => Ok(sent),
-            Some(Err(e)) => Err(ProxyError::from_client(e)),
-            None => Err(ProxyError::UpstreamTimeout(timeout)),
         }
     }
 
     /// The PSP's response, for the app (see [`response`]).
-    async fn relay(
+    fn relay<'a>(
         &self,
         resp: Response<Incoming>,
         slot: Slot,
-        deadline: Pin<&mut Sleep>,
-    ) -> Result<Response<ResponseBody>, ProxyError> {
-        response::relay(resp, slot, deadline, self.inner.opts.request_timeout).await
+        deadline: Pin<&'a mut Sleep>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + use<'a> {
+        response::relay(resp, slot, deadline, self.inner.opts.request_timeout)
     }
 }
 
 /// `fut`'s output, or `None` if `deadline` passes first. `fut` is polled first, so one that
 /// is ready wins over a deadline that has just passed. Every step of an exchange shares the
 /// exchange's one timer (registered with the runtime once), instead of a timer per step.
-async fn within<F: Future>(mut deadline: Pin<&mut Sleep>, fut: F) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+fn within<F: Future>(deadline: Pin<&mut Sleep>, fut: F) -> Within<'_, F> {
+    Within { deadline, fut }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`within`]: a struct rather than an `async fn`, which would keep `fut`
+    /// twice (as its argument and as the pinned local it polls).
+    struct Within<'a, F> {
+        deadline: Pin<&'a mut Sleep>,
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
             return Poll::Ready(Some(out));
         }
-        deadline.as_mut().poll(cx).map(|()| None)
-    })
-    .await
+        this.deadline.as_mut().poll(cx).map(|()| None)
+    }
 }
 
 /// Whether the PSP said it never processed the request, so that sending it again cannot do

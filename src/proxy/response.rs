@@ -18,6 +18,7 @@
 //! A streamed body holds its exchange's HTTP/1.1 connection [`Slot`] until it ends.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -35,35 +36,37 @@ use crate::client::Slot;
 pub const READ_WHOLE_LIMIT: u64 = 64 * 1024;
 
 /// The PSP's response, ready for the app. `timeout` is only named in the error when the
-/// deadline passes.
-pub async fn relay(
+/// deadline passes. Not an `async fn`: the head is cleaned now, and the future keeps it once.
+pub fn relay<'a>(
     resp: Response<Incoming>,
     slot: Slot,
-    deadline: Pin<&mut Sleep>,
+    deadline: Pin<&'a mut Sleep>,
     timeout: std::time::Duration,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + use<'a> {
     let (mut parts, mut body) = resp.into_parts();
     rewrite::clean_response_headers(&mut parts.headers);
-    let late = || ProxyError::UpstreamTimeout(timeout);
-    let body = match body.size_hint().exact() {
-        Some(n) if n <= READ_WHOLE_LIMIT => {
-            let whole = within(deadline, body.collect())
+    let late = move || ProxyError::UpstreamTimeout(timeout);
+    async move {
+        let body = match body.size_hint().exact() {
+            Some(n) if n <= READ_WHOLE_LIMIT => {
+                let whole = within(deadline, body.collect())
+                    .await
+                    .ok_or_else(late)?
+                    .map_err(ProxyError::UpstreamBody)?;
+                Either::Right(Full::new(whole.to_bytes()))
+            }
+            Some(_) => Either::Left(PspBody::new(body, VecDeque::new(), slot)),
+            None => match within(deadline, read_ahead(&mut body))
                 .await
                 .ok_or_else(late)?
-                .map_err(ProxyError::UpstreamBody)?;
-            Either::Right(Full::new(whole.to_bytes()))
-        }
-        Some(_) => Either::Left(PspBody::new(body, VecDeque::new(), slot)),
-        None => match within(deadline, read_ahead(&mut body))
-            .await
-            .ok_or_else(late)?
-            .map_err(ProxyError::UpstreamBody)?
-        {
-            ReadAhead::Whole(bytes) => Either::Right(Full::new(bytes)),
-            ReadAhead::Started(read) => Either::Left(PspBody::new(body, read, slot)),
-        },
-    };
-    Ok(Response::from_parts(parts, body))
+                .map_err(ProxyError::UpstreamBody)?
+            {
+                ReadAhead::Whole(bytes) => Either::Right(Full::new(bytes)),
+                ReadAhead::Started(read) => Either::Left(PspBody::new(body, read, slot)),
+            },
+        };
+        Ok(Response::from_parts(parts, body))
+    }
 }
 
 enum ReadAhead {
