@@ -301,6 +301,7 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
         rewrite::clean_request_headers(&mut headers);
+        rewrite::detach_values(&mut headers);
         inner.opts.extras.apply(&mut headers);
         let out = Outgoing {
             method: parts.method,
