@@ -127,6 +127,7 @@ pub struct Slot {
     /// Released on drop: that frees the slot.
     _permit: Option<OwnedSemaphorePermit>,
 }
+
 type Answer =
     Result<(http::Response<hyper::body::Incoming>, Slot), hyper_util::client::legacy::Error>;
 
@@ -250,7 +251,9 @@ where
     pub fn send(&self, mut req: http::Request<B>) -> Sending {
         debug_assert_eq!(req.uri().authority(), self.base.authority());
         if !self.on_h2() {
-            // hyper-util would format the same value for every HTTP/1.1 request.
+            // hyper-util would format the same value for every HTTP/1.1 request. Before the
+            // first connection the protocol is unknown: if ALPN then picks h2, the PSP gets
+            // this Host beside an equal `:authority` (RFC 9113 §8.3.1 allows both).
             if let Some(host) = &self.host {
                 req.headers_mut()
                     .entry(http::header::HOST)
