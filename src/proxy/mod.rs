@@ -7,6 +7,8 @@
 //! refresher.
 
 pub mod body;
+mod deadline;
+mod error;
 pub mod problem;
 pub mod response;
 pub mod rewrite;
@@ -14,8 +16,6 @@ pub mod rewrite;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::Authority;
@@ -29,6 +29,8 @@ use crate::client::{Slot, UpstreamProtocol};
 pub use crate::config::{ApiExtras, ProxyOptions};
 use crate::generation::{Current, Generation};
 use crate::metrics::Metrics;
+use deadline::within;
+pub use error::ProxyError;
 pub use problem::ProblemKind;
 pub use rewrite::UpstreamTarget;
 
@@ -39,77 +41,6 @@ pub type UpstreamBody = Either<Full<Bytes>, body::AppBody>;
 pub type ResponseBody = Either<response::PspBody, Full<Bytes>>;
 /// The pooled mTLS client used for API calls.
 pub type UpstreamClient = crate::client::UpstreamClient<UpstreamBody>;
-
-/// A failure produced by the sidecar itself, tagged by where it came from.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    /// The app asked for something this proxy will not do (downstream).
-    #[error("forbidden target: {0}")]
-    ForbiddenTarget(&'static str),
-    /// The app's request could not be read or rewritten (downstream).
-    #[error("bad request: {0}")]
-    BadRequest(String),
-    /// The request's framing cannot be passed on (downstream).
-    #[error("{0}")]
-    Framing(&'static str, ProblemKind),
-    /// No usable token: the token endpoint is failing, or none arrived within the wait
-    /// bound (internal).
-    #[error("no usable access token (token endpoint failing, or none within {0:?})")]
-    TokenUnavailable(Duration),
-    /// Connecting to the PSP failed (upstream, retryable).
-    #[error("cannot connect to the PSP: {}", crate::telemetry::error_chain(.0))]
-    UpstreamConnect(#[source] hyper_util::client::legacy::Error),
-    /// The TLS handshake with the PSP failed (upstream).
-    #[error("TLS with the PSP failed: {}", crate::telemetry::error_chain(.0))]
-    UpstreamTls(#[source] hyper_util::client::legacy::Error),
-    /// The PSP did not answer in time (upstream).
-    #[error("the PSP did not answer within {0:?}")]
-    UpstreamTimeout(Duration),
-    /// The exchange broke after the connection was made (upstream).
-    #[error("the PSP broke the exchange: {}", crate::telemetry::error_chain(.0))]
-    UpstreamProtocol(#[source] hyper_util::client::legacy::Error),
-    /// The PSP's response body broke off before its announced length (upstream).
-    #[error("the PSP broke off its response body: {}", crate::telemetry::error_chain(.0))]
-    UpstreamBody(#[source] hyper::Error),
-    /// The PSP answered with a status the sidecar cannot relay: `101 Switching Protocols`
-    /// (upgrades are not supported) or an interim 1xx that hyper hands over (upstream).
-    #[error("the PSP answered {0}, which cannot be relayed (no upgrades, no interim responses)")]
-    UpstreamStatus(StatusCode),
-}
-
-impl ProxyError {
-    /// The problem kind (and so status and `type`) for this error.
-    pub fn kind(&self) -> ProblemKind {
-        match self {
-            ProxyError::ForbiddenTarget(_) => ProblemKind::ForbiddenTarget,
-            ProxyError::BadRequest(_) => ProblemKind::BadRequest,
-            ProxyError::Framing(_, kind) => *kind,
-            ProxyError::TokenUnavailable(_) => ProblemKind::TokenUnavailable,
-            ProxyError::UpstreamConnect(_) => ProblemKind::UpstreamConnect,
-            ProxyError::UpstreamTls(_) => ProblemKind::UpstreamTls,
-            ProxyError::UpstreamTimeout(_) => ProblemKind::UpstreamTimeout,
-            ProxyError::UpstreamProtocol(_)
-            | ProxyError::UpstreamBody(_)
-            | ProxyError::UpstreamStatus(_) => ProblemKind::UpstreamProtocol,
-        }
-    }
-
-    fn from_client(err: hyper_util::client::legacy::Error) -> Self {
-        if crate::token::endpoint::is_tls(&err) {
-            ProxyError::UpstreamTls(err)
-        } else if err.is_connect() {
-            ProxyError::UpstreamConnect(err)
-        } else {
-            ProxyError::UpstreamProtocol(err)
-        }
-    }
-
-    /// The problem response for this error. Its detail is our own text: it never carries a
-    /// token or secret (none of the variants holds one).
-    pub fn to_response(&self) -> Response<ResponseBody> {
-        problem::response(self.kind(), &self.to_string()).map(Either::Right)
-    }
-}
 
 impl ApiExtras {
     /// `name=value`, form-encoded, to append to every query string.
@@ -509,35 +440,6 @@ impl Proxy {
         deadline: Pin<&'a mut Sleep>,
     ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + use<'a> {
         response::relay(resp, slot, deadline, self.inner.opts.request_timeout)
-    }
-}
-
-/// `fut`'s output, or `None` if `deadline` passes first. `fut` is polled first, so one that
-/// is ready wins over a deadline that has just passed. Every step of an exchange shares the
-/// exchange's one timer (registered with the runtime once), instead of a timer per step.
-fn within<F: Future>(deadline: Pin<&mut Sleep>, fut: F) -> Within<'_, F> {
-    Within { deadline, fut }
-}
-
-pin_project_lite::pin_project! {
-    /// The future of [`within`]: a struct rather than an `async fn`, which would keep `fut`
-    /// twice (as its argument and as the pinned local it polls).
-    struct Within<'a, F> {
-        deadline: Pin<&'a mut Sleep>,
-        #[pin]
-        fut: F,
-    }
-}
-
-impl<F: Future> Future for Within<'_, F> {
-    type Output = Option<F::Output>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(out) = this.fut.poll(cx) {
-            return Poll::Ready(Some(out));
-        }
-        this.deadline.as_mut().poll(cx).map(|()| None)
     }
 }
 
