@@ -44,6 +44,9 @@ fn production_backoff(mut config: Config) -> Config {
 #[derive(Debug, Default)]
 struct Seen {
     slowest: Duration,
+    /// The slowest answer's status, and when it was asked relative to `back` (ms; negative:
+    /// during the outage), so that a failure says which request was slow.
+    slowest_was: Option<(u16, i128)>,
     ok: u64,
     unavailable: u64,
     other: u64,
@@ -61,7 +64,15 @@ async fn client_loop(url: String, back: Instant, until: Instant) -> Seen {
             http::Request::get(url.as_str()).body(empty()).unwrap(),
         )
         .await;
-        seen.slowest = seen.slowest.max(started.elapsed());
+        if started.elapsed() > seen.slowest {
+            seen.slowest = started.elapsed();
+            let at = if started >= back {
+                (started - back).as_millis() as i128
+            } else {
+                -((back - started).as_millis() as i128)
+            };
+            seen.slowest_was = Some((got.status.as_u16(), at));
+        }
         match got.status.as_u16() {
             200 => {
                 seen.ok += 1;
