@@ -7,6 +7,7 @@ use http::{Response, StatusCode};
 use http_body_util::Either;
 
 use super::{ProblemKind, ResponseBody, problem};
+use crate::client::SendError;
 
 /// A failure produced by the sidecar itself, tagged by where it came from.
 #[derive(Debug, thiserror::Error)]
@@ -26,16 +27,16 @@ pub enum ProxyError {
     TokenUnavailable(Duration),
     /// Connecting to the PSP failed (upstream, retryable).
     #[error("cannot connect to the PSP: {}", crate::telemetry::error_chain(.0))]
-    UpstreamConnect(#[source] hyper_util::client::legacy::Error),
+    UpstreamConnect(#[source] SendError),
     /// The TLS handshake with the PSP failed (upstream).
     #[error("TLS with the PSP failed: {}", crate::telemetry::error_chain(.0))]
-    UpstreamTls(#[source] hyper_util::client::legacy::Error),
+    UpstreamTls(#[source] SendError),
     /// The PSP did not answer in time (upstream).
     #[error("the PSP did not answer within {0:?}")]
     UpstreamTimeout(Duration),
     /// The exchange broke after the connection was made (upstream).
     #[error("the PSP broke the exchange: {}", crate::telemetry::error_chain(.0))]
-    UpstreamProtocol(#[source] hyper_util::client::legacy::Error),
+    UpstreamProtocol(#[source] SendError),
     /// The PSP's response body broke off before its announced length (upstream).
     #[error("the PSP broke off its response body: {}", crate::telemetry::error_chain(.0))]
     UpstreamBody(#[source] hyper::Error),
@@ -62,7 +63,7 @@ impl ProxyError {
         }
     }
 
-    pub(super) fn from_client(err: hyper_util::client::legacy::Error) -> Self {
+    pub(super) fn from_client(err: SendError) -> Self {
         if crate::token::endpoint::is_tls(&err) {
             ProxyError::UpstreamTls(err)
         } else if err.is_connect() {

@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::client::{Slot, UpstreamProtocol};
+use crate::client::UpstreamProtocol;
 pub use crate::config::{ApiExtras, ProxyOptions};
 use crate::generation::{Current, Generation};
 use crate::metrics::Metrics;
@@ -41,6 +41,9 @@ pub type UpstreamBody = Either<Full<Bytes>, body::AppBody>;
 pub type ResponseBody = Either<response::PspBody, Full<Bytes>>;
 /// The pooled mTLS client used for API calls.
 pub type UpstreamClient = crate::client::UpstreamClient<UpstreamBody>;
+
+/// What an exchange holds of the PSP connection until its response body ends.
+pub type Slot = crate::client::Slot<UpstreamBody>;
 
 impl ApiExtras {
     /// `name=value`, form-encoded, to append to every query string.
@@ -373,10 +376,10 @@ impl Proxy {
         .ok_or(ProxyError::TokenUnavailable(inner.opts.token_wait))
     }
 
-    /// Send a buffered request. If it went to the HTTP/2 pool and that pool could not get a
-    /// connection because the PSP stopped negotiating h2 meanwhile, nothing was sent (a
-    /// connect error is raised before any byte of the request is written): send it once
-    /// more, through discovery.
+    /// Send a buffered request. If it went to the HTTP/2 or HTTP/1.1 pool and that pool could
+    /// not get a connection because the PSP negotiated the other protocol meanwhile, nothing
+    /// was sent (a connect error is raised before any byte of the request is written): send
+    /// it once more, through the pool that now fits.
     async fn send_buffered(
         &self,
         generation: &Generation,
@@ -389,8 +392,8 @@ impl Proxy {
         let before = generation.client.protocol();
         match self.send(generation, request(), deadline.as_mut()).await {
             Err(ProxyError::UpstreamConnect(_))
-                if before == UpstreamProtocol::Http2
-                    && generation.client.protocol() != UpstreamProtocol::Http2 =>
+                if before != UpstreamProtocol::Unknown
+                    && generation.client.protocol() != before =>
             {
                 self.send(generation, request(), deadline).await
             }
@@ -447,7 +450,7 @@ impl Proxy {
 /// it twice (RFC 9113, sections 6.8 and 8.7): its stream was above the last one a GOAWAY
 /// covers, or was opened after the GOAWAY (a gateway closing a connection after N requests,
 /// as nginx does every 1000 by default), or was refused with `REFUSED_STREAM`.
-fn not_processed(err: &hyper_util::client::legacy::Error) -> bool {
+fn not_processed(err: &crate::client::SendError) -> bool {
     crate::telemetry::find_cause::<h2::Error>(err).is_some_and(|e| {
         e.is_remote() && (e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM))
     })

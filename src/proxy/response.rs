@@ -15,7 +15,8 @@
 //!   limit is passed, what was read goes first and the rest streams;
 //! - a longer body streams from the start.
 //!
-//! A streamed body holds its exchange's HTTP/1.1 connection [`Slot`] until it ends.
+//! A streamed body holds its exchange's HTTP/1.1 connection [`Slot`] until it ends; the
+//! connection is handed back only after a clean end.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -29,8 +30,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
-use super::{ProxyError, ResponseBody, rewrite, within};
-use crate::client::Slot;
+use super::{ProxyError, ResponseBody, Slot, rewrite, within};
 
 /// Bodies up to this size are read whole before the response goes to the app.
 pub const READ_WHOLE_LIMIT: u64 = 64 * 1024;
@@ -39,7 +39,7 @@ pub const READ_WHOLE_LIMIT: u64 = 64 * 1024;
 /// deadline passes. Not an `async fn`: the head is cleaned now, and the future keeps it once.
 pub fn relay<'a>(
     resp: Response<Incoming>,
-    slot: Slot,
+    mut slot: Slot,
     deadline: Pin<&'a mut Sleep>,
     timeout: std::time::Duration,
 ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + use<'a> {
@@ -53,6 +53,7 @@ pub fn relay<'a>(
                     .await
                     .ok_or_else(late)?
                     .map_err(ProxyError::UpstreamBody)?;
+                slot.finished();
                 Either::Right(Full::new(whole.to_bytes()))
             }
             Some(_) => Either::Left(PspBody::new(body, VecDeque::new(), slot)),
@@ -61,7 +62,10 @@ pub fn relay<'a>(
                 .ok_or_else(late)?
                 .map_err(ProxyError::UpstreamBody)?
             {
-                ReadAhead::Whole(bytes) => Either::Right(Full::new(bytes)),
+                ReadAhead::Whole(bytes) => {
+                    slot.finished();
+                    Either::Right(Full::new(bytes))
+                }
                 ReadAhead::Started(read) => Either::Left(PspBody::new(body, read, slot)),
             },
         };
@@ -153,6 +157,17 @@ impl PspBody {
     }
 }
 
+impl PspBody {
+    /// Give up the slot: back to the pool if the body ended `clean`ly, else closed.
+    fn end(&mut self, clean: bool) {
+        if let Some(mut slot) = self.slot.take() {
+            if clean {
+                slot.finished();
+            }
+        }
+    }
+}
+
 impl Body for PspBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -166,8 +181,14 @@ impl Body for PspBody {
             return Poll::Ready(Some(Ok(frame)));
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            this.slot = None;
+        match &polled {
+            // The end of the body (hyper's writer does not poll again once a body says it
+            // ended, so the last frame counts): the connection is free for another exchange.
+            Poll::Ready(None) => this.end(true),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.end(true),
+            // A broken body: the connection goes with it.
+            Poll::Ready(Some(Err(_))) => this.end(false),
+            _ => {}
         }
         polled
     }

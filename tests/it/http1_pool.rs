@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
+use http::{Method, Request};
 use http_body_util::BodyExt;
 use pix_auth_proxy::client::UpstreamProtocol;
 use tokio::task::JoinSet;
@@ -465,4 +465,92 @@ async fn a_request_that_gives_up_waiting_for_a_slot_is_counted_as_a_wait() {
     );
     s.psp.open_gate();
     drop(first);
+}
+
+/// Every kind of PSP body, fetched in turn over `--upstream-http1-only`: each one's end
+/// must hand its connection back, so that all of them ride one connection.
+#[tokio::test]
+async fn every_kind_of_body_hands_its_http1_connection_back_for_the_next_exchange() {
+    let s = setup(
+        false,
+        &["--upstream-http1-only", "--upstream-max-connections", "4"],
+    )
+    .await;
+    let http = http_client();
+    let big = 200 * 1024; // over READ_WHOLE_LIMIT: streamed
+    let cases: Vec<(Method, String, usize)> = vec![
+        (Method::GET, "/bytes/10".into(), 10),
+        (Method::GET, "/chunked/10".into(), 10),
+        (Method::GET, format!("/bytes/{big}"), big),
+        (Method::GET, format!("/chunked/{big}"), big),
+        (Method::GET, "/status/204".into(), 0),
+        (Method::HEAD, "/bytes/10".into(), 0),
+        (Method::GET, "/bytes/0".into(), 0),
+    ];
+    for round in 0..2 {
+        for (method, path, len) in &cases {
+            let req = Request::builder()
+                .method(method.clone())
+                .uri(s.sidecar.url(path))
+                .body(empty())
+                .unwrap();
+            let got = send(&http, req).await;
+            assert!(
+                got.status == 200 || got.status == 204,
+                "round {round}, {method} {path}: {} {:?}",
+                got.status,
+                String::from_utf8_lossy(&got.body)
+            );
+            assert_eq!(got.body.len(), *len, "round {round}, {method} {path}");
+            if *len > 0 {
+                assert!(got.body == pattern(*len), "{method} {path}: not byte-exact");
+            }
+        }
+    }
+    assert_eq!(s.psp.requests(), 2 * cases.len() as u64);
+    assert_eq!(
+        s.psp.connections(),
+        (1, 0),
+        "each exchange ended cleanly, so the next one reused its connection"
+    );
+    assert_eq!(waits(&s.sidecar).await, 0);
+}
+
+/// An exchange given up before the PSP's head (the request timeout) must not leave its
+/// connection in the pool with a request outstanding, nor keep its slot: the next request,
+/// with a single slot, is answered on a new connection.
+#[tokio::test]
+async fn an_exchange_given_up_before_its_head_frees_its_slot_and_closes_its_connection() {
+    let s = one_slot(&["--request-timeout", "500ms"]).await;
+    assert_eq!(get(&s.sidecar.url("/echo/warm")).await.status, 200);
+    assert_eq!(s.psp.connections(), (1, 0));
+
+    s.psp.set_delay(Duration::from_secs(30));
+    let late = get(&s.sidecar.url("/echo/late")).await;
+    assert_problem(&late, 504, "upstream-timeout");
+    assert_eq!(s.psp.requests(), 2);
+    assert!(
+        eventually(Duration::from_secs(10), || s.psp.open_connections() == 0).await,
+        "the given-up exchange's connection is closed by the sidecar (open: {})",
+        s.psp.open_connections()
+    );
+
+    s.psp.set_delay(Duration::ZERO);
+    let next = get(&s.sidecar.url("/echo/next")).await;
+    assert_eq!(
+        next.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&next.body)
+    );
+    assert_eq!(next.body, "/echo/next");
+    assert_eq!(
+        s.psp.connections(),
+        (2, 0),
+        "the connection of the given-up exchange was not reused"
+    );
+    assert_eq!(s.psp.open_connections(), 1);
+    let again = get(&s.sidecar.url("/echo/again")).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(s.psp.connections(), (2, 0), "the new connection is kept");
 }

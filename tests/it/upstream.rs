@@ -103,15 +103,16 @@ async fn a_psp_that_stops_and_resumes_offering_h2_loses_no_request() {
     // And back: the next new connection negotiates h2 again and the sidecar follows.
     env.psp.set_offer_h2(true);
     close_all(&env).await;
+    let before = env.psp.connections();
     assert_eq!(burst(&sidecar, 1, true).await, ["HTTP/2.0"]);
     assert_eq!(protocol(&sidecar), UpstreamProtocol::Http2);
-    let before = env.psp.connections();
     let versions = burst(&sidecar, 10, false).await;
     assert!(versions.iter().all(|v| v == "HTTP/2.0"), "{versions:?}");
     assert_eq!(
         env.psp.connections().1,
-        before.1 + 1,
-        "the h2-only pool opens one connection"
+        before.1 + 2,
+        "one new connection tells the sidecar h2 is back (the HTTP/1.1 pool refuses it, \
+         nothing is sent on it); the h2-only pool opens one and carries all 11 requests"
     );
     assert_eq!(env.psp.api_requests(), 1 + 10 + 10 + 1 + 10);
     env.assert_logs_clean();

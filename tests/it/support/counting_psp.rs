@@ -2,7 +2,7 @@
 //! ALPN `h2` + `http/1.1` or `http/1.1` only, served by hyper. It records how many requests
 //! are in flight at once (from the moment its handler is called until the response body
 //! has handed over its last byte, or is dropped) and the maximum seen, the connections it
-//! accepted by protocol, and the order in which exchanges started and ended.
+//! accepted by protocol (and how many are open now), and the order in which exchanges started and ended.
 //!
 //! Routes (every answer after the configured delay):
 //! - `/echo/...`: `200`, the path as a `text/plain` body;
@@ -51,6 +51,8 @@ struct State {
     requests: AtomicU64,
     /// By negotiated protocol: [http/1.1, h2].
     connections: [AtomicU64; 2],
+    /// Connections whose TLS handshake is done and that are not closed yet.
+    open: AtomicU64,
     delay: Mutex<Duration>,
     events: Mutex<Vec<Event>>,
     gate: Semaphore,
@@ -87,6 +89,7 @@ impl CountingPsp {
             max_in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             connections: [AtomicU64::new(0), AtomicU64::new(0)],
+            open: AtomicU64::new(0),
             delay: Mutex::new(Duration::ZERO),
             events: Mutex::new(Vec::new()),
             gate: Semaphore::new(0),
@@ -101,6 +104,8 @@ impl CountingPsp {
                     };
                     let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                     state.connections[usize::from(is_h2)].fetch_add(1, Ordering::SeqCst);
+                    state.open.fetch_add(1, Ordering::SeqCst);
+                    let open = OpenConnection(state.clone());
                     let service = hyper::service::service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(handle(state, req).await) }
@@ -108,6 +113,7 @@ impl CountingPsp {
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tls), service)
                         .await;
+                    drop(open);
                 });
             }
         });
@@ -151,8 +157,22 @@ impl CountingPsp {
         )
     }
 
+    /// Connections open now (handshake done, not closed by either side).
+    pub fn open_connections(&self) -> u64 {
+        self.state.open.load(Ordering::SeqCst)
+    }
+
     pub fn events(&self) -> Vec<Event> {
         self.state.events.lock().unwrap().clone()
+    }
+}
+
+/// Counts one connection as open until dropped.
+struct OpenConnection(Arc<State>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -3,29 +3,35 @@
 //!
 //! Owns: the hyper-util legacy client settings (pool idle timer, keep-alive, connect
 //! timeout, ALPN `h2` + `http/1.1` or `http/1.1` only), the API client's protocol
-//! discovery ([`UpstreamClient`]) and its bound on HTTP/1.1 connections ([`Slot`]).
+//! discovery and routing ([`UpstreamClient`]; the connector in [`alpn`]), its own pool of
+//! HTTP/1.1 connections ([`http1`]) and the bound on them ([`Slot`]).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Uri;
-use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Builder, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ClientConfig;
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service as _;
 
 use crate::metrics::Metrics;
 
+mod alpn;
+mod http1;
+
 pub use crate::config::ClientOptions;
+use alpn::{AlpnLearner, Learned};
+pub use alpn::{ProtocolChanged, UpstreamProtocol};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A pooled HTTPS-only client presenting the identity in `tls` (ALPN decides the protocol).
 pub fn https_client<B>(
@@ -82,39 +88,56 @@ fn builder(opts: &ClientOptions) -> Builder {
 /// N TLS connections (N handshakes on the PSP) and keeps several of them. So requests go
 /// through a *discovery* client (ALPN `h2` + `http/1.1`) until a connection tells which one the
 /// PSP picks; once that is `h2`, they go through an `http2_only` client whose pool opens one
-/// connection at a time and multiplexes every request on it. A PSP that stops negotiating
-/// `h2` is noticed on the next new connection: that connection is refused with
-/// [`NotHttp2`] (no request was sent on it) and discovery starts again.
-pub struct UpstreamClient<B> {
+/// connection at a time and multiplexes every request on it; once that is `http/1.1` (or
+/// always, with `--upstream-http1-only`), through the bounded HTTP/1.1 pool
+/// ([`http1`]). A PSP that changes its mind is noticed on the next new connection: that
+/// connection is refused with [`ProtocolChanged`] (no request was sent on it) and the
+/// request can go again through the pool that now fits.
+///
+/// The discovery client has its own bound of `--upstream-max-connections` slots; it only
+/// carries requests while the protocol is unknown (the PSP could not be reached at start).
+pub struct UpstreamClient<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     discover: Client<AlpnLearner, B>,
     h2: Option<Client<AlpnLearner, B>>,
-    learned: Arc<AtomicU8>,
+    http1: http1::Http1Pool<B>,
+    http1_only: bool,
+    learned: Learned,
     connector: AlpnLearner,
     base: Uri,
     /// `Host` for HTTP/1.1 requests to `base`, built once.
     host: Option<http::HeaderValue>,
-    http1_slots: Arc<Semaphore>,
+    discovery_slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
 
-impl<B> Clone for UpstreamClient<B> {
+impl<B> Clone for UpstreamClient<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     fn clone(&self) -> Self {
         Self {
             discover: self.discover.clone(),
             h2: self.h2.clone(),
+            http1: self.http1.clone(),
+            http1_only: self.http1_only,
             learned: self.learned.clone(),
             connector: self.connector.clone(),
             base: self.base.clone(),
             host: self.host.clone(),
-            http1_slots: self.http1_slots.clone(),
+            discovery_slots: self.discovery_slots.clone(),
             metrics: self.metrics.clone(),
         }
     }
 }
 
 /// The right to run one HTTP/1.1 exchange, so to use one HTTP/1.1 connection, from the
-/// request until the end of its response body (then hyper hands the connection back to the
-/// pool). Empty for an exchange that goes over HTTP/2.
+/// request until the end of its response body. Empty for an exchange that goes over
+/// HTTP/2.
 ///
 /// Without a bound, N app requests in flight keep N TLS connections to the PSP open, each
 /// with ~46 KB of buffers (hyper's request channel, read and write buffers, rustls, its
@@ -122,100 +145,162 @@ impl<B> Clone for UpstreamClient<B> {
 /// requests beyond it wait for a connection to come free instead of opening one. One
 /// HTTP/1.1 PSP connection carries thousands of requests a second when the PSP answers
 /// fast; when it answers in 200 ms, 32 connections carry ~160 a second.
-#[derive(Debug, Default)]
-pub struct Slot {
-    /// Released on drop: that frees the slot.
-    _permit: Option<OwnedSemaphorePermit>,
+///
+/// An exchange over the HTTP/1.1 pool holds the connection itself: [`Slot::finished`] at
+/// the clean end of the response body hands it back for the next exchange; a slot dropped
+/// before that (a timeout, an app that went away, a body broken off) closes it, since
+/// the PSP may still be sending on it.
+pub struct Slot<B>(Holding<B>)
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>;
+
+enum Holding<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    Nothing,
+    /// A discovery slot: hyper-util puts the connection back itself.
+    Permit(#[allow(dead_code)] OwnedSemaphorePermit),
+    Connection(Option<http1::Held<B>>),
 }
 
-type Answer =
-    Result<(http::Response<hyper::body::Incoming>, Slot), hyper_util::client::legacy::Error>;
+impl<B> Slot<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// The response body ended cleanly: the connection is free for another exchange.
+    pub fn finished(&mut self) {
+        self.0 = Holding::Nothing;
+    }
+}
+
+impl<B> Default for Slot<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn default() -> Self {
+        Self(Holding::Nothing)
+    }
+}
+
+impl<B> std::fmt::Debug for Slot<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Holding::Nothing => "Slot(none)",
+            Holding::Permit(_) => "Slot(discovery)",
+            Holding::Connection(_) => "Slot(http/1.1 connection)",
+        })
+    }
+}
+
+impl<B> Drop for Slot<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn drop(&mut self) {
+        if let Holding::Connection(conn) = &mut self.0 {
+            if let Some(conn) = conn.take() {
+                http1::close(conn);
+            }
+        }
+    }
+}
+
+/// Why an exchange got no response head from the PSP.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// From the discovery or HTTP/2 client.
+    #[error(transparent)]
+    Pooled(#[from] hyper_util::client::legacy::Error),
+    /// No HTTP/1.1 connection could be made.
+    #[error("client error (Connect)")]
+    Connect(#[source] BoxError),
+    /// The HTTP/1.1 exchange broke after the request was handed to its connection.
+    #[error("client error (SendRequest)")]
+    Exchange(#[source] hyper::Error),
+}
+
+impl SendError {
+    /// Whether no connection could be made (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            SendError::Pooled(e) => e.is_connect(),
+            SendError::Connect(_) => true,
+            SendError::Exchange(_) => false,
+        }
+    }
+}
+
+type Answer<B> = Result<(http::Response<hyper::body::Incoming>, Slot<B>), SendError>;
 
 /// An exchange from [`UpstreamClient::send`] until the PSP's response head.
-pub struct Sending(SendState);
+pub struct Sending<B>(SendState<B>)
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>;
 
-enum SendState {
-    /// Handed to the pool, with its slot.
+enum SendState<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Handed to a hyper-util pool, with its slot.
     Sent {
         answer: hyper_util::client::legacy::ResponseFuture,
-        slot: Option<Slot>,
+        slot: Option<Slot<B>>,
     },
-    /// Waiting for a slot (boxed, with its request).
-    Waiting(Pin<Box<dyn Future<Output = Answer> + Send>>),
+    /// Over the HTTP/1.1 pool, or waiting for a discovery slot (boxed, with its request).
+    Boxed(Pin<Box<dyn Future<Output = Answer<B>> + Send>>),
 }
 
-impl Future for Sending {
-    type Output = Answer;
+impl<B> Future for Sending<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = Answer<B>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer<B>> {
+        // Neither variant is structurally pinned: the future is boxed, the other one Unpin.
         match &mut self.get_mut().0 {
             SendState::Sent { answer, slot } => {
                 let resp = std::task::ready!(Pin::new(answer).poll(cx))?;
                 Poll::Ready(Ok((resp, slot.take().unwrap_or_default())))
             }
-            SendState::Waiting(waiting) => waiting.as_mut().poll(cx),
+            SendState::Boxed(boxed) => boxed.as_mut().poll(cx),
         }
     }
 }
 
-/// What the PSP negotiated on the newest connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamProtocol {
-    /// No connection yet.
-    Unknown,
-    /// HTTP/1.1 (ALPN `http/1.1` or none).
+/// Which pool a request goes through now.
+enum Route {
+    Discover,
     Http1,
-    /// HTTP/2 (ALPN `h2`).
     Http2,
 }
-
-impl UpstreamProtocol {
-    const fn to_u8(self) -> u8 {
-        match self {
-            UpstreamProtocol::Unknown => 0,
-            UpstreamProtocol::Http1 => 1,
-            UpstreamProtocol::Http2 => 2,
-        }
-    }
-
-    const fn from_u8(v: u8) -> Self {
-        match v {
-            1 => UpstreamProtocol::Http1,
-            2 => UpstreamProtocol::Http2,
-            _ => UpstreamProtocol::Unknown,
-        }
-    }
-
-    /// `"h2"`, `"http/1.1"` or `"unknown"`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            UpstreamProtocol::Unknown => "unknown",
-            UpstreamProtocol::Http1 => "http/1.1",
-            UpstreamProtocol::Http2 => "h2",
-        }
-    }
-}
-
-/// A new connection for the HTTP/2-only pool did not negotiate `h2`: it was closed before
-/// any request was written on it, so the request can be sent again through discovery.
-#[derive(Debug, thiserror::Error)]
-#[error("the PSP no longer negotiates HTTP/2 on new connections")]
-pub struct NotHttp2;
 
 impl<B> UpstreamClient<B>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<BoxError>,
 {
-    /// Clients towards `base` presenting the identity in `tls`; waits for an HTTP/1.1 slot
-    /// are counted in `metrics`.
+    /// Clients towards `base` presenting the identity in `tls`; waits for an HTTP/1.1
+    /// connection are counted in `metrics`.
     pub fn new(tls: ClientConfig, opts: &ClientOptions, base: Uri, metrics: Arc<Metrics>) -> Self {
-        let learned = Arc::new(AtomicU8::new(UpstreamProtocol::Unknown.to_u8()));
         let max_http1 = opts.max_http1_connections.max(1);
         let connector = AlpnLearner {
             inner: https_connector(tls, opts),
-            learned: learned.clone(),
-            require_h2: false,
+            learned: Learned::default(),
+            require: None,
         };
         // A connection that comes back while none is waiting stays idle; more than the bound
         // are never needed at once, so extra ones (a connect that lost its race with a
@@ -224,33 +309,42 @@ where
             .pool_max_idle_per_host(max_http1)
             .build(connector.clone());
         let h2 = (!opts.http1_only).then(|| {
-            let mut only_h2 = connector.clone();
-            only_h2.require_h2 = true;
-            builder(opts).http2_only(true).build(only_h2)
+            builder(opts)
+                .http2_only(true)
+                .build(connector.requiring(UpstreamProtocol::Http2))
         });
+        let http1 = http1::Http1Pool::new(
+            connector.requiring(UpstreamProtocol::Http1),
+            base.clone(),
+            max_http1,
+            opts.pool_idle_timeout,
+        );
         Self {
             discover,
             h2,
-            learned,
+            http1,
+            http1_only: opts.http1_only,
+            learned: connector.learned.clone(),
             connector,
             host: host_header(&base),
             base,
-            http1_slots: Arc::new(Semaphore::new(max_http1)),
+            discovery_slots: Arc::new(Semaphore::new(max_http1)),
             metrics,
         }
     }
 
     /// Send `req` (a request to `base`) through the pool that fits what the PSP speaks,
     /// holding an HTTP/1.1 slot for it: the returned [`Slot`] must live as long as the
-    /// response body is read.
+    /// response body is read, and be [`Slot::finished`] at its clean end.
     ///
-    /// When a slot is free (or none is needed) the request is handed to the pool at once and
-    /// the future is small: it does not keep the request, which the future of every request
-    /// in flight would otherwise carry (it is boxed once per app connection by hyper). Only
-    /// a request that must wait for a slot is kept, in a box of its own.
-    pub fn send(&self, mut req: http::Request<B>) -> Sending {
+    /// When the request can be handed to a hyper-util pool at once the future is small: it
+    /// does not keep the request, which the future of every request in flight would
+    /// otherwise carry (it is boxed once per app connection by hyper). A request that goes
+    /// over the HTTP/1.1 pool, or must wait for a discovery slot, is kept in a box of its own.
+    pub fn send(&self, mut req: http::Request<B>) -> Sending<B> {
         debug_assert_eq!(req.uri().authority(), self.base.authority());
-        if !self.on_h2() {
+        let route = self.route();
+        if !matches!(route, Route::Http2) {
             // hyper-util would format the same value for every HTTP/1.1 request. Before the
             // first connection the protocol is unknown: if ALPN then picks h2, the PSP gets
             // this Host beside an equal `:authority` (RFC 9113 §8.3.1 allows both).
@@ -260,65 +354,68 @@ where
                     .or_insert_with(|| host.clone());
             }
         }
-        match self.free_slot() {
-            Some(slot) => Sending(SendState::Sent {
-                answer: self.pool_for_now().request(req),
-                slot: Some(slot),
-            }),
-            None => {
-                let client = self.clone();
-                Sending(SendState::Waiting(Box::pin(async move {
-                    let slot = client.wait_for_slot().await;
-                    let resp = client.pool_for_now().request(req).await?;
-                    Ok((resp, slot))
-                })))
+        match route {
+            Route::Http1 => {
+                // An HTTP/1.1 connection of our own takes the request-target as given.
+                let target = req.uri().path_and_query().cloned();
+                *req.uri_mut() = target.map_or_else(|| Uri::from_static("/"), Uri::from);
+                let metrics = self.metrics.clone();
+                let on_wait = move || metrics.upstream_connection_wait();
+                Sending(SendState::Boxed(Box::pin(
+                    self.http1.clone().send(req, on_wait),
+                )))
             }
+            Route::Http2 => Sending(SendState::Sent {
+                answer: self.h2.as_ref().expect("routed to h2").request(req),
+                slot: Some(Slot::default()),
+            }),
+            Route::Discover => match self.discovery_slots.clone().try_acquire_owned() {
+                Ok(permit) => Sending(SendState::Sent {
+                    answer: self.discover.request(req),
+                    slot: Some(Slot(Holding::Permit(permit))),
+                }),
+                Err(_) => {
+                    let client = self.clone();
+                    Sending(SendState::Boxed(Box::pin(async move {
+                        let slot = client.wait_for_discovery_slot().await;
+                        let resp = client.discover.request(req).await?;
+                        Ok((resp, slot))
+                    })))
+                }
+            },
         }
     }
 
-    /// Whether requests go through the HTTP/2 pool now.
-    fn on_h2(&self) -> bool {
-        self.h2.is_some() && self.protocol() == UpstreamProtocol::Http2
-    }
-
-    /// What an exchange must hold, if it can have it now: nothing when it goes over HTTP/2,
-    /// else one of the HTTP/1.1 slots if one is free. While the protocol is unknown (before
-    /// the first connection), a slot is taken.
-    fn free_slot(&self) -> Option<Slot> {
-        if self.on_h2() {
-            return Some(Slot::default());
+    /// The pool for a request now: HTTP/1.1 with `--upstream-http1-only` or once the PSP
+    /// picked it, HTTP/2 once it picked that, discovery before the first connection.
+    fn route(&self) -> Route {
+        if self.http1_only {
+            return Route::Http1;
         }
-        let permit = self.http1_slots.clone().try_acquire_owned().ok()?;
-        Some(Slot {
-            _permit: Some(permit),
-        })
+        match self.protocol() {
+            UpstreamProtocol::Unknown => Route::Discover,
+            UpstreamProtocol::Http1 => Route::Http1,
+            UpstreamProtocol::Http2 => Route::Http2,
+        }
     }
 
-    /// Wait for an HTTP/1.1 slot to come free (the wait is counted first, so that a wait cut
-    /// short by a timeout counts too).
-    async fn wait_for_slot(&self) -> Slot {
+    /// Wait for a discovery slot to come free (the wait is counted first, so that a wait
+    /// cut short by a timeout counts too).
+    async fn wait_for_discovery_slot(&self) -> Slot<B> {
         self.metrics.upstream_connection_wait();
         // The semaphore lives as long as the client and is never closed.
-        let permit = self.http1_slots.clone().acquire_owned().await.ok();
+        let permit = self.discovery_slots.clone().acquire_owned().await;
         // The slot was freed by an exchange whose body just ended; its connection goes back
         // to the pool from another task, queued before this one. Letting it run first means
         // the pool has that connection when this exchange asks for one, instead of starting
         // a new TLS connection that the returning one would then make redundant.
         tokio::task::yield_now().await;
-        Slot { _permit: permit }
+        permit.map_or_else(|_| Slot::default(), |p| Slot(Holding::Permit(p)))
     }
 
     /// The protocol the PSP negotiated on the newest connection.
     pub fn protocol(&self) -> UpstreamProtocol {
-        UpstreamProtocol::from_u8(self.learned.load(Ordering::Relaxed))
-    }
-
-    /// The pool that fits what the PSP speaks now.
-    fn pool_for_now(&self) -> &Client<AlpnLearner, B> {
-        match &self.h2 {
-            Some(h2) if self.on_h2() => h2,
-            _ => &self.discover,
-        }
+        self.learned.get()
     }
 
     /// Open one TLS connection to the API host to learn its protocol before the first
@@ -326,7 +423,7 @@ where
     /// is closed at once; nothing is sent on it.
     /// With `--upstream-http1-only` there is nothing to choose, so no handshake is made.
     pub async fn discover(&self) -> Result<UpstreamProtocol, BoxError> {
-        if self.h2.is_none() || self.protocol() != UpstreamProtocol::Unknown {
+        if self.http1_only || self.protocol() != UpstreamProtocol::Unknown {
             return Ok(self.protocol());
         }
         let mut connector = self.connector.clone();
@@ -349,54 +446,6 @@ fn host_header(base: &Uri) -> Option<http::HeaderValue> {
         _ => host.to_owned(),
     };
     http::HeaderValue::from_str(&value).ok()
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type TlsIo = MaybeHttpsStream<TokioIo<TcpStream>>;
-
-/// The HTTPS connector, recording which protocol each new connection negotiated.
-#[derive(Clone)]
-struct AlpnLearner {
-    inner: HttpsConnector<HttpConnector>,
-    learned: Arc<AtomicU8>,
-    require_h2: bool,
-}
-
-impl tower_service::Service<Uri> for AlpnLearner {
-    type Response = TlsIo;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<TlsIo, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, dst: Uri) -> Self::Future {
-        let connecting = self.inner.call(dst);
-        let learned = self.learned.clone();
-        let require_h2 = self.require_h2;
-        Box::pin(async move {
-            let io = connecting.await?;
-            let protocol = if io.connected().is_negotiated_h2() {
-                UpstreamProtocol::Http2
-            } else {
-                UpstreamProtocol::Http1
-            };
-            let before = learned.swap(protocol.to_u8(), Ordering::Relaxed);
-            if before != protocol.to_u8() {
-                tracing::info!(
-                    event = "upstream_protocol",
-                    protocol = protocol.as_str(),
-                    previous = UpstreamProtocol::from_u8(before).as_str(),
-                    "PSP protocol learned from a new connection"
-                );
-            }
-            if require_h2 && protocol != UpstreamProtocol::Http2 {
-                return Err(NotHttp2.into());
-            }
-            Ok(io)
-        })
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,258 @@
+//! The HTTP/1.1 path to the PSP: a bounded pool (`deadpool`) of hyper HTTP/1.1
+//! connections, each carrying one exchange at a time.
+//!
+//! The discovery and HTTP/2 clients use hyper-util's pool, which for every HTTP/1.1 request
+//! hashes the destination, builds a connect future it rarely starts, and spawns a task to
+//! put the connection back once the response body has been read. Here an exchange takes a
+//! connection from the pool and holds it in its [`Slot`] until the response body ends; the
+//! bound on connections (`--upstream-max-connections`) is the pool's size, so waiting for a
+//! connection and waiting for a slot are the same wait. A connection goes back only after a
+//! clean end of its response: an exchange given up earlier (a timeout, an app that went
+//! away, a broken body) closes its connection instead of leaving it busy in the pool.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool::managed::{self, Metrics, Object, PoolError, QueueMode, RecycleError, Timeouts};
+use http::Uri;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use tower_service::Service as _;
+
+use super::alpn::AlpnLearner;
+use super::{BoxError, Holding, SendError, Slot};
+
+/// How long a connection handed back may take to be ready for its next request (hyper's
+/// connection task runs once after the end of a response body) before it is closed.
+const READY_BOUND: Duration = Duration::from_secs(1);
+
+/// Connections tried for one request that each closed before taking it (a new connection
+/// always takes its first request, so this is only reached by a run of stale ones).
+const MAX_ATTEMPTS: u32 = 3;
+
+/// Creates and checks the pool's connections.
+pub(super) struct Dialer<B> {
+    connector: AlpnLearner,
+    base: Uri,
+    idle_timeout: Duration,
+    _body: PhantomData<fn(B)>,
+}
+
+impl<B> managed::Manager for Dialer<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Type = SendRequest<B>;
+    type Error = BoxError;
+
+    /// Boxed: a TLS connect and handshake is a large future, and every exchange's future
+    /// would carry room for one inline.
+    fn create(&self) -> impl Future<Output = Result<SendRequest<B>, BoxError>> + Send {
+        let mut connector = self.connector.clone();
+        let base = self.base.clone();
+        Box::pin(async move {
+            std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+            let io = connector.call(base).await?;
+            let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(
+                        event = "upstream_connection_error",
+                        error = %crate::telemetry::error_chain(&e),
+                        "HTTP/1.1 connection to the PSP ended with an error"
+                    );
+                }
+            });
+            Ok(sender)
+        })
+    }
+
+    /// A connection is handed out again if it is still open and was last handed out less
+    /// than `--pool-idle-timeout` ago (deadpool records the hand-out, not the return, so a
+    /// long exchange counts towards it: such a connection is replaced a little early).
+    async fn recycle(&self, sender: &mut SendRequest<B>, metrics: &Metrics) -> Recycled {
+        if metrics.last_used() >= self.idle_timeout {
+            return Err(RecycleError::message(
+                "idle longer than --pool-idle-timeout",
+            ));
+        }
+        if sender.is_ready() {
+            return Ok(());
+        }
+        // Boxed: the timer is the rare path, and every checkout's future would carry it.
+        match Box::pin(tokio::time::timeout(READY_BOUND, sender.ready())).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(RecycleError::Backend(e.into())),
+            Err(_) => Err(RecycleError::message("not ready for another request")),
+        }
+    }
+}
+
+type Recycled = managed::RecycleResult<BoxError>;
+
+/// The bounded pool of HTTP/1.1 connections to one PSP host.
+pub(super) struct Http1Pool<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    pool: managed::Pool<Dialer<B>>,
+}
+
+impl<B> Clone for Http1Pool<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+/// A connection from the pool, held by one exchange.
+pub(super) type Held<B> = Object<Dialer<B>>;
+
+impl<B> Http1Pool<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// At most `max` connections to `base`, made by `connector`; idle ones are closed after
+    /// `idle_timeout` (checked when one is handed out, and by a sweep while a runtime runs).
+    pub(super) fn new(
+        connector: AlpnLearner,
+        base: Uri,
+        max: usize,
+        idle_timeout: Duration,
+    ) -> Self {
+        let dialer = Dialer {
+            connector,
+            base,
+            idle_timeout,
+            _body: PhantomData,
+        };
+        // Last in, first out: the busiest connections stay warm, the rest age out.
+        let pool = managed::Pool::builder(dialer)
+            .max_size(max)
+            .queue_mode(QueueMode::Lifo)
+            .build()
+            .expect("a pool without hooks or timeouts builds");
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(pool.weak(), idle_timeout));
+        }
+        Self { pool }
+    }
+
+    /// One exchange: a connection (a free one, a new one while fewer than the bound are
+    /// open, or else the next to come back; the wait is counted by `on_wait`), then `req`
+    /// (origin-form, with its `Host`) until the response head. The connection comes back in
+    /// the answer, to be held until the response body ends.
+    ///
+    /// A request the connection did not take (it was found closed before any byte of the
+    /// request was written) is sent again on another; a request written is never resent.
+    pub(super) async fn send(
+        self,
+        mut req: http::Request<B>,
+        on_wait: impl FnOnce(),
+    ) -> Result<(http::Response<Incoming>, Slot<B>), SendError> {
+        let mut on_wait = Some(on_wait);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            // Held by the guard while in flight: dropped before the head (a timeout), the
+            // connection is closed, not put back with a request outstanding.
+            let mut conn = InFlight(Some(self.checkout(&mut on_wait).await?));
+            let sending = conn.0.as_mut().expect("held").try_send_request(req);
+            match sending.await {
+                Ok(resp) => return Ok((resp, Slot(Holding::Connection(Some(conn.into_inner()))))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if attempts < MAX_ATTEMPTS => {
+                        tracing::debug!(
+                            event = "upstream_retry",
+                            error = %crate::telemetry::error_chain(e.error()),
+                            "the connection closed before taking the request; sending it on another"
+                        );
+                        req = unsent;
+                    }
+                    _ => return Err(SendError::Exchange(e.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn checkout(&self, on_wait: &mut Option<impl FnOnce()>) -> Result<Held<B>, SendError> {
+        let now = Timeouts {
+            wait: Some(Duration::ZERO),
+            ..Timeouts::default()
+        };
+        let got = match self.pool.timeout_get(&now).await {
+            Err(PoolError::Timeout(_)) => {
+                if let Some(counted) = on_wait.take() {
+                    counted();
+                }
+                self.pool.get().await
+            }
+            got => got,
+        };
+        got.map_err(|e| match e {
+            PoolError::Backend(e) => SendError::Connect(e),
+            other => SendError::Connect(other.to_string().into()),
+        })
+    }
+}
+
+/// A connection in flight; closed (taken out of the pool and dropped) unless handed on.
+struct InFlight<B>(Option<Held<B>>)
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>;
+
+impl<B> InFlight<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn into_inner(mut self) -> Held<B> {
+        self.0.take().expect("held until handed on")
+    }
+}
+
+impl<B> Drop for InFlight<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            close(conn);
+        }
+    }
+}
+
+/// Take `conn` out of the pool (its place is free at once) and close it.
+pub(super) fn close<B>(conn: Held<B>)
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    drop(Object::take(conn));
+}
+
+/// Close idle connections older than `idle_timeout`, until the pool is gone.
+async fn sweep<B>(pool: managed::WeakPool<Dialer<B>>, idle_timeout: Duration)
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let every = (idle_timeout / 2).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.retain(|sender, metrics| !sender.is_closed() && metrics.last_used() < idle_timeout);
+    }
+}
