@@ -254,6 +254,8 @@ impl Proxy {
         let inner = &*self.inner;
         // Buffer small bodies of known size so a 401 can be replayed; stream the rest.
         let replayable = match body.size_hint().upper() {
+            // No body (most GETs): nothing to wait for, so no timer either.
+            Some(0) if body.is_end_stream() => Ok(Bytes::new()),
             Some(n) if n as usize <= inner.opts.replay_limit => {
                 // Bounded: an app that announces a body and never sends it all would hold
                 // its connection (a request in flight is never idle) as long as it liked.
