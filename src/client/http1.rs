@@ -14,7 +14,6 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use bytes::Bytes;
 use deadpool::managed::{self, Metrics, Object, PoolError, QueueMode, RecycleError, Timeouts};
 use http::Uri;
 use hyper::body::Incoming;
@@ -22,7 +21,7 @@ use hyper::client::conn::http1::SendRequest;
 use tower_service::Service as _;
 
 use super::alpn::AlpnLearner;
-use super::{BoxError, Holding, SendError, Slot};
+use super::{BoxError, Holding, SendBody, SendError, Slot};
 
 /// How long a connection handed back may take to be ready for its next request (hyper's
 /// connection task runs once after the end of a response body) before it is closed.
@@ -42,8 +41,7 @@ pub(super) struct Dialer<B> {
 
 impl<B> managed::Manager for Dialer<B>
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody,
 {
     type Type = SendRequest<B>;
     type Error = BoxError;
@@ -96,16 +94,14 @@ type Recycled = managed::RecycleResult<BoxError>;
 /// The bounded pool of HTTP/1.1 connections to one PSP host.
 pub(super) struct Http1Pool<B>
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody,
 {
     pool: managed::Pool<Dialer<B>>,
 }
 
 impl<B> Clone for Http1Pool<B>
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody,
 {
     fn clone(&self) -> Self {
         Self {
@@ -119,8 +115,7 @@ pub(super) type Held<B> = Object<Dialer<B>>;
 
 impl<B> Http1Pool<B>
 where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody + Unpin,
 {
     /// At most `max` connections to `base`, made by `connector`; idle ones are closed after
     /// `idle_timeout` (checked when one is handed out, and by a sweep while a runtime runs).
@@ -209,13 +204,11 @@ where
 /// A connection in flight; closed (taken out of the pool and dropped) unless handed on.
 struct InFlight<B>(Option<Held<B>>)
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>;
+    B: SendBody;
 
 impl<B> InFlight<B>
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody,
 {
     fn into_inner(mut self) -> Held<B> {
         self.0.take().expect("held until handed on")
@@ -224,8 +217,7 @@ where
 
 impl<B> Drop for InFlight<B>
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody,
 {
     fn drop(&mut self) {
         if let Some(conn) = self.0.take() {
@@ -237,8 +229,7 @@ where
 /// Take `conn` out of the pool (its place is free at once) and close it.
 pub(super) fn close<B>(conn: Held<B>)
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody,
 {
     drop(Object::take(conn));
 }
@@ -246,8 +237,7 @@ where
 /// Close idle connections older than `idle_timeout`, until the pool is gone.
 async fn sweep<B>(pool: managed::WeakPool<Dialer<B>>, idle_timeout: Duration)
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody,
 {
     let every = (idle_timeout / 2).max(Duration::from_millis(100));
     loop {

@@ -33,6 +33,12 @@ pub use alpn::{ProtocolChanged, UpstreamProtocol};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request body the clients can send: bytes, sendable to a connection's task.
+pub trait SendBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
+impl<T> SendBody for T where T: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
+{}
+
 /// A pooled HTTPS-only client presenting the identity in `tls` (ALPN decides the protocol).
 pub fn https_client<B>(
     tls: ClientConfig,
@@ -98,8 +104,7 @@ fn builder(opts: &ClientOptions) -> Builder {
 /// carries requests while the protocol is unknown (the PSP could not be reached at start).
 pub struct UpstreamClient<B>
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody,
 {
     discover: Client<AlpnLearner, B>,
     h2: Option<Client<AlpnLearner, B>>,
@@ -116,8 +121,7 @@ where
 
 impl<B> Clone for UpstreamClient<B>
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody,
 {
     fn clone(&self) -> Self {
         Self {
@@ -152,13 +156,11 @@ where
 /// the PSP may still be sending on it.
 pub struct Slot<B>(Holding<B>)
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>;
+    B: SendBody;
 
 enum Holding<B>
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody,
 {
     Nothing,
     /// A discovery slot: hyper-util puts the connection back itself.
@@ -168,8 +170,7 @@ where
 
 impl<B> Slot<B>
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody,
 {
     /// The response body ended cleanly: the connection is free for another exchange.
     pub fn finished(&mut self) {
@@ -179,8 +180,7 @@ where
 
 impl<B> Default for Slot<B>
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody,
 {
     fn default() -> Self {
         Self(Holding::Nothing)
@@ -189,8 +189,7 @@ where
 
 impl<B> std::fmt::Debug for Slot<B>
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.0 {
@@ -203,8 +202,7 @@ where
 
 impl<B> Drop for Slot<B>
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody,
 {
     fn drop(&mut self) {
         if let Holding::Connection(conn) = &mut self.0 {
@@ -245,13 +243,11 @@ type Answer<B> = Result<(http::Response<hyper::body::Incoming>, Slot<B>), SendEr
 /// An exchange from [`UpstreamClient::send`] until the PSP's response head.
 pub struct Sending<B>(SendState<B>)
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>;
+    B: SendBody;
 
 enum SendState<B>
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody,
 {
     /// Handed to a hyper-util pool, with its slot.
     Sent {
@@ -264,8 +260,7 @@ where
 
 impl<B> Future for Sending<B>
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody,
 {
     type Output = Answer<B>;
 
@@ -290,8 +285,7 @@ enum Route {
 
 impl<B> UpstreamClient<B>
 where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
+    B: SendBody + Unpin,
 {
     /// Clients towards `base` presenting the identity in `tls`; waits for an HTTP/1.1
     /// connection are counted in `metrics`.
