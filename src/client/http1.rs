@@ -12,9 +12,10 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, Object, PoolError, QueueMode, RecycleError, Timeouts};
+use deadpool::managed::{self, Object, PoolError, QueueMode, RecycleError, Timeouts};
 use http::Uri;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -22,6 +23,7 @@ use tower_service::Service as _;
 
 use super::alpn::AlpnLearner;
 use super::{BoxError, Holding, SendBody, SendError, Slot};
+use crate::metrics::Metrics;
 
 /// How long a connection handed back may take to be ready for its next request (hyper's
 /// connection task runs once after the end of a response body) before it is closed.
@@ -71,7 +73,7 @@ where
     /// A connection is handed out again if it is still open and was last handed out less
     /// than `--pool-idle-timeout` ago (deadpool records the hand-out, not the return, so a
     /// long exchange counts towards it: such a connection is replaced a little early).
-    async fn recycle(&self, sender: &mut SendRequest<B>, metrics: &Metrics) -> Recycled {
+    async fn recycle(&self, sender: &mut SendRequest<B>, metrics: &managed::Metrics) -> Recycled {
         if metrics.last_used() >= self.idle_timeout {
             return Err(RecycleError::message(
                 "idle longer than --pool-idle-timeout",
@@ -97,6 +99,8 @@ where
     B: SendBody,
 {
     pool: managed::Pool<Dialer<B>>,
+    /// Counts the requests that found every connection busy.
+    metrics: Arc<Metrics>,
 }
 
 impl<B> Clone for Http1Pool<B>
@@ -106,6 +110,7 @@ where
     fn clone(&self) -> Self {
         Self {
             pool: self.pool.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -118,12 +123,14 @@ where
     B: SendBody + Unpin,
 {
     /// At most `max` connections to `base`, made by `connector`; idle ones are closed after
-    /// `idle_timeout` (checked when one is handed out, and by a sweep while a runtime runs).
+    /// `idle_timeout` (checked when one is handed out, and by a sweep while a runtime runs);
+    /// waits for a connection are counted in `metrics`.
     pub(super) fn new(
         connector: AlpnLearner,
         base: Uri,
         max: usize,
         idle_timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let dialer = Dialer {
             connector,
@@ -140,31 +147,31 @@ where
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(sweep(pool.weak(), idle_timeout));
         }
-        Self { pool }
+        Self { pool, metrics }
     }
 
     /// One exchange: a connection (a free one, a new one while fewer than the bound are
-    /// open, or else the next to come back; the wait is counted by `on_wait`), then `req`
-    /// (origin-form, with its `Host`) until the response head. The connection comes back in
-    /// the answer, to be held until the response body ends.
+    /// open, or else the next to come back; the wait is counted), then `req` (origin-form,
+    /// with its `Host`) until the response head. The connection comes back in the answer's
+    /// [`Slot`], to be held until the response body ends; dropped before the head (a
+    /// timeout), the slot closes the connection rather than put it back with a request
+    /// outstanding.
     ///
     /// A request the connection did not take (it was found closed before any byte of the
     /// request was written) is sent again on another; a request written is never resent.
     pub(super) async fn send(
         self,
         mut req: http::Request<B>,
-        on_wait: impl FnOnce(),
     ) -> Result<(http::Response<Incoming>, Slot<B>), SendError> {
-        let mut on_wait = Some(on_wait);
         let mut attempts = 0;
+        let mut counted = false;
         loop {
             attempts += 1;
-            // Held by the guard while in flight: dropped before the head (a timeout), the
-            // connection is closed, not put back with a request outstanding.
-            let mut conn = InFlight(Some(self.checkout(&mut on_wait).await?));
-            let sending = conn.0.as_mut().expect("held").try_send_request(req);
+            let mut conn = self.checkout(&mut counted).await?;
+            let sending = conn.try_send_request(req);
+            let slot = Slot(Holding::Connection(conn));
             match sending.await {
-                Ok(resp) => return Ok((resp, Slot(Holding::Connection(Some(conn.into_inner()))))),
+                Ok(resp) => return Ok((resp, slot)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if attempts < MAX_ATTEMPTS => {
                         tracing::debug!(
@@ -180,15 +187,16 @@ where
         }
     }
 
-    async fn checkout(&self, on_wait: &mut Option<impl FnOnce()>) -> Result<Held<B>, SendError> {
+    /// A connection, waiting for one if all are busy (the first wait of a request is counted).
+    async fn checkout(&self, counted: &mut bool) -> Result<Held<B>, SendError> {
         let now = Timeouts {
             wait: Some(Duration::ZERO),
             ..Timeouts::default()
         };
         let got = match self.pool.timeout_get(&now).await {
             Err(PoolError::Timeout(_)) => {
-                if let Some(counted) = on_wait.take() {
-                    counted();
+                if !std::mem::replace(counted, true) {
+                    self.metrics.upstream_connection_wait();
                 }
                 self.pool.get().await
             }
@@ -198,31 +206,6 @@ where
             PoolError::Backend(e) => SendError::Connect(e),
             other => SendError::Connect(other.to_string().into()),
         })
-    }
-}
-
-/// A connection in flight; closed (taken out of the pool and dropped) unless handed on.
-struct InFlight<B>(Option<Held<B>>)
-where
-    B: SendBody;
-
-impl<B> InFlight<B>
-where
-    B: SendBody,
-{
-    fn into_inner(mut self) -> Held<B> {
-        self.0.take().expect("held until handed on")
-    }
-}
-
-impl<B> Drop for InFlight<B>
-where
-    B: SendBody,
-{
-    fn drop(&mut self) {
-        if let Some(conn) = self.0.take() {
-            close(conn);
-        }
     }
 }
 

@@ -109,7 +109,6 @@ where
     discover: Client<AlpnLearner, B>,
     h2: Option<Client<AlpnLearner, B>>,
     http1: http1::Http1Pool<B>,
-    http1_only: bool,
     learned: Learned,
     connector: AlpnLearner,
     base: Uri,
@@ -128,7 +127,6 @@ where
             discover: self.discover.clone(),
             h2: self.h2.clone(),
             http1: self.http1.clone(),
-            http1_only: self.http1_only,
             learned: self.learned.clone(),
             connector: self.connector.clone(),
             base: self.base.clone(),
@@ -165,7 +163,7 @@ where
     Nothing,
     /// A discovery slot: hyper-util puts the connection back itself.
     Permit(#[allow(dead_code)] OwnedSemaphorePermit),
-    Connection(Option<http1::Held<B>>),
+    Connection(http1::Held<B>),
 }
 
 impl<B> Slot<B>
@@ -205,10 +203,8 @@ where
     B: SendBody,
 {
     fn drop(&mut self) {
-        if let Holding::Connection(conn) = &mut self.0 {
-            if let Some(conn) = conn.take() {
-                http1::close(conn);
-            }
+        if let Holding::Connection(conn) = std::mem::replace(&mut self.0, Holding::Nothing) {
+            http1::close(conn);
         }
     }
 }
@@ -277,10 +273,13 @@ where
 }
 
 /// Which pool a request goes through now.
-enum Route {
+enum Route<'a, B>
+where
+    B: SendBody,
+{
     Discover,
     Http1,
-    Http2,
+    Http2(&'a Client<AlpnLearner, B>),
 }
 
 impl<B> UpstreamClient<B>
@@ -312,12 +311,12 @@ where
             base.clone(),
             max_http1,
             opts.pool_idle_timeout,
+            metrics.clone(),
         );
         Self {
             discover,
             h2,
             http1,
-            http1_only: opts.http1_only,
             learned: connector.learned.clone(),
             connector,
             host: host_header(&base),
@@ -338,7 +337,7 @@ where
     pub fn send(&self, mut req: http::Request<B>) -> Sending<B> {
         debug_assert_eq!(req.uri().authority(), self.base.authority());
         let route = self.route();
-        if !matches!(route, Route::Http2) {
+        if !matches!(route, Route::Http2(_)) {
             // hyper-util would format the same value for every HTTP/1.1 request. Before the
             // first connection the protocol is unknown: if ALPN then picks h2, the PSP gets
             // this Host beside an equal `:authority` (RFC 9113 §8.3.1 allows both).
@@ -353,14 +352,10 @@ where
                 // An HTTP/1.1 connection of our own takes the request-target as given.
                 let target = req.uri().path_and_query().cloned();
                 *req.uri_mut() = target.map_or_else(|| Uri::from_static("/"), Uri::from);
-                let metrics = self.metrics.clone();
-                let on_wait = move || metrics.upstream_connection_wait();
-                Sending(SendState::Boxed(Box::pin(
-                    self.http1.clone().send(req, on_wait),
-                )))
+                Sending(SendState::Boxed(Box::pin(self.http1.clone().send(req))))
             }
-            Route::Http2 => Sending(SendState::Sent {
-                answer: self.h2.as_ref().expect("routed to h2").request(req),
+            Route::Http2(h2) => Sending(SendState::Sent {
+                answer: h2.request(req),
                 slot: Some(Slot::default()),
             }),
             Route::Discover => match self.discovery_slots.clone().try_acquire_owned() {
@@ -382,14 +377,15 @@ where
 
     /// The pool for a request now: HTTP/1.1 with `--upstream-http1-only` or once the PSP
     /// picked it, HTTP/2 once it picked that, discovery before the first connection.
-    fn route(&self) -> Route {
-        if self.http1_only {
+    fn route(&self) -> Route<'_, B> {
+        // No HTTP/2 client: `--upstream-http1-only`.
+        let Some(h2) = &self.h2 else {
             return Route::Http1;
-        }
+        };
         match self.protocol() {
             UpstreamProtocol::Unknown => Route::Discover,
             UpstreamProtocol::Http1 => Route::Http1,
-            UpstreamProtocol::Http2 => Route::Http2,
+            UpstreamProtocol::Http2 => Route::Http2(h2),
         }
     }
 
@@ -417,7 +413,7 @@ where
     /// is closed at once; nothing is sent on it.
     /// With `--upstream-http1-only` there is nothing to choose, so no handshake is made.
     pub async fn discover(&self) -> Result<UpstreamProtocol, BoxError> {
-        if self.http1_only || self.protocol() != UpstreamProtocol::Unknown {
+        if self.h2.is_none() || self.protocol() != UpstreamProtocol::Unknown {
             return Ok(self.protocol());
         }
         let mut connector = self.connector.clone();

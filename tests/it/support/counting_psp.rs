@@ -2,7 +2,8 @@
 //! ALPN `h2` + `http/1.1` or `http/1.1` only, served by hyper. It records how many requests
 //! are in flight at once (from the moment its handler is called until the response body
 //! has handed over its last byte, or is dropped) and the maximum seen, the connections it
-//! accepted by protocol (and how many are open now), and the order in which exchanges started and ended.
+//! accepted by protocol and how many are open now, and the order in which exchanges started
+//! and ended.
 //!
 //! Routes (every answer after the configured delay):
 //! - `/echo/...`: `200`, the path as a `text/plain` body;
@@ -104,8 +105,7 @@ impl CountingPsp {
                     };
                     let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                     state.connections[usize::from(is_h2)].fetch_add(1, Ordering::SeqCst);
-                    state.open.fetch_add(1, Ordering::SeqCst);
-                    let open = OpenConnection(state.clone());
+                    let open = OpenConnection::count(&state);
                     let service = hyper::service::service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(handle(state, req).await) }
@@ -169,6 +169,13 @@ impl CountingPsp {
 
 /// Counts one connection as open until dropped.
 struct OpenConnection(Arc<State>);
+
+impl OpenConnection {
+    fn count(state: &Arc<State>) -> Self {
+        state.open.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(state.clone())
+    }
+}
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
