@@ -458,6 +458,22 @@ mod tests {
     }
 
     #[test]
+    fn each_dropped_name_is_found_at_its_own_index() {
+        for (i, name) in DROPPED.iter().enumerate() {
+            let found =
+                [Direction::Request, Direction::Response].map(|d| dropped_index(name.as_str(), d));
+            assert!(found.contains(&Some(i)), "{name} not found at {i}");
+            assert!(found.iter().all(|f| f.is_none() || *f == Some(i)), "{name}");
+        }
+        assert_eq!(dropped_index("authorization", Direction::Response), None);
+        assert_eq!(
+            dropped_index("proxy-authenticate", Direction::Request),
+            None
+        );
+        assert_eq!(dropped_index("content-length", Direction::Request), None);
+    }
+
+    #[test]
     fn a_response_loses_its_hop_by_hop_fields_and_what_connection_lists_in_any_case() {
         let headers = |pairs: &[(&'static str, &'static str)]| {
             let mut h = HeaderMap::new();
