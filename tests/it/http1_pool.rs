@@ -554,3 +554,38 @@ async fn an_exchange_given_up_before_its_head_frees_its_slot_and_closes_its_conn
     assert_eq!(again.status, 200);
     assert_eq!(s.psp.connections(), (2, 0), "the new connection is kept");
 }
+
+/// A PSP that closes an idle keep-alive connection (nginx at its `keepalive_timeout`, or on
+/// a reload) costs nothing: the close is seen when the connection is next taken from the
+/// pool, and the request goes on a new connection without being tried on the closed one.
+#[tokio::test]
+async fn a_connection_the_psp_closed_while_idle_is_not_tried_again() {
+    let s = one_slot(&[]).await;
+    assert_eq!(get(&s.sidecar.url("/echo/first")).await.status, 200);
+    assert_eq!(s.psp.open_connections(), 1);
+    s.psp.close_idle_connections();
+    assert!(
+        eventually(Duration::from_secs(10), || s.psp.open_connections() == 0).await,
+        "the PSP closed its idle connection"
+    );
+    let logs_from = crate::support::logs::captured().len();
+    let next = get(&s.sidecar.url("/echo/next")).await;
+    assert_eq!(
+        next.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&next.body)
+    );
+    assert_eq!(next.body, "/echo/next");
+    assert_eq!(s.psp.connections(), (2, 0), "answered on a new connection");
+    let logs = crate::support::logs::captured();
+    let retries: Vec<_> = logs[logs_from..]
+        .lines()
+        .filter(|l| l.contains("upstream_retry"))
+        .collect();
+    assert!(
+        retries.is_empty(),
+        "the request was first tried on the closed connection: {retries:?}"
+    );
+    assert_eq!(waits(&s.sidecar).await, 0);
+}

@@ -29,7 +29,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pix_auth_proxy::sandbox::{Leaf, Pki};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 /// How many bytes of a `/gated/N` body are sent before the gate.
 pub const GATE_AT: usize = 96 * 1024;
@@ -57,6 +57,8 @@ struct State {
     delay: Mutex<Duration>,
     events: Mutex<Vec<Event>>,
     gate: Semaphore,
+    /// Asks every connection to close once it is idle.
+    close_idle: Notify,
 }
 
 pub struct CountingPsp {
@@ -94,6 +96,7 @@ impl CountingPsp {
             delay: Mutex::new(Duration::ZERO),
             events: Mutex::new(Vec::new()),
             gate: Semaphore::new(0),
+            close_idle: Notify::new(),
         });
         let s = state.clone();
         let task = tokio::spawn(async move {
@@ -106,13 +109,24 @@ impl CountingPsp {
                     let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                     state.connections[usize::from(is_h2)].fetch_add(1, Ordering::SeqCst);
                     let open = OpenConnection::count(&state);
+                    let closing = state.clone();
                     let service = hyper::service::service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(handle(state, req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(tls), service);
+                    let mut conn = std::pin::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        () = closing.close_idle.notified() => {
+                            // As nginx at its `keepalive_timeout`: no header, just a close
+                            // (after the exchange in flight, if any).
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
                     drop(open);
                 });
             }
@@ -132,6 +146,11 @@ impl CountingPsp {
     /// Let one waiting (or the next) `/gated/` body send its rest.
     pub fn open_gate(&self) {
         self.state.gate.add_permits(1);
+    }
+
+    /// Close every connection once it is idle, silently (no `Connection: close`).
+    pub fn close_idle_connections(&self) {
+        self.state.close_idle.notify_waiters();
     }
 
     /// Requests whose handler was called.
