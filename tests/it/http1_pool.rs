@@ -82,6 +82,19 @@ async fn burst(sidecar: &Running, n: usize) {
     assert_eq!(answered, n);
 }
 
+/// GET `/echo/{name}`, which must be answered 200 with its own path as the body.
+async fn echo(sidecar: &Running, name: &str) {
+    let path = format!("/echo/{name}");
+    let got = get(&sidecar.url(&path)).await;
+    assert_eq!(
+        got.status,
+        200,
+        "{path}: {:?}",
+        String::from_utf8_lossy(&got.body)
+    );
+    assert_eq!(got.body, path);
+}
+
 /// GET `path`, returning the response with its body still to be read.
 async fn open(sidecar: &Running, path: &str) -> http::Response<hyper::body::Incoming> {
     http_client()
@@ -536,14 +549,7 @@ async fn an_exchange_given_up_before_its_head_frees_its_slot_and_closes_its_conn
     );
 
     s.psp.set_delay(Duration::ZERO);
-    let next = get(&s.sidecar.url("/echo/next")).await;
-    assert_eq!(
-        next.status,
-        200,
-        "{:?}",
-        String::from_utf8_lossy(&next.body)
-    );
-    assert_eq!(next.body, "/echo/next");
+    echo(&s.sidecar, "next").await;
     assert_eq!(
         s.psp.connections(),
         (2, 0),
@@ -569,14 +575,7 @@ async fn a_connection_the_psp_closed_while_idle_is_not_tried_again() {
         "the PSP closed its idle connection"
     );
     let logs_from = crate::support::logs::captured().len();
-    let next = get(&s.sidecar.url("/echo/next")).await;
-    assert_eq!(
-        next.status,
-        200,
-        "{:?}",
-        String::from_utf8_lossy(&next.body)
-    );
-    assert_eq!(next.body, "/echo/next");
+    echo(&s.sidecar, "next").await;
     assert_eq!(s.psp.connections(), (2, 0), "answered on a new connection");
     let logs = crate::support::logs::captured();
     let retries: Vec<_> = logs[logs_from..]
