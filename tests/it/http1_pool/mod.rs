@@ -1,8 +1,8 @@
-//! The bound on HTTP/1.1 connections to the PSP (`--upstream-max-connections`) and the
-//! whole reading of small PSP bodies: at most N HTTP/1.1 exchanges in flight at the PSP, a
-//! streamed body holding its slot until it ends (or is dropped), waiting bounded by
-//! `--request-timeout`, no bound on HTTP/2, and small bodies that break off or stall turned
-//! into problems instead of truncated 200s.
+//! The pool of HTTP/1.1 connections to the PSP and its bound (`--upstream-max-connections`):
+//! at most N HTTP/1.1 exchanges in flight at the PSP, a streamed body holding its slot until
+//! it ends (or is dropped), waiting bounded by `--request-timeout`, no bound on HTTP/2, a
+//! connection handed back after every kind of body and closed after an exchange given up,
+//! and one the PSP closed while idle not tried again. Reading the bodies: [`bodies`].
 
 use std::time::Duration;
 
@@ -13,10 +13,10 @@ use pix_auth_proxy::client::UpstreamProtocol;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::faults::hostile;
 use crate::support::counting_psp::{CountingPsp, Event, GATE_AT, pattern};
-use crate::support::hostile_psp::Step;
 use crate::support::*;
+
+mod bodies;
 
 const WAITS: &str = "pix_auth_proxy_upstream_connection_waits_total";
 
@@ -300,163 +300,6 @@ async fn waiting_for_a_slot_is_bounded_by_the_request_timeout() {
     let got = get(&s.sidecar.url("/echo/third")).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.body, "/echo/third");
-}
-
-#[tokio::test]
-async fn a_small_body_cut_before_its_content_length_is_a_502_problem() {
-    let h = hostile(&[]).await;
-    h.psp.script(vec![
-        Step::Write(Bytes::from_static(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 100\r\n\r\n0123456789",
-        )),
-        Step::Close,
-    ]);
-    let got = get(&h.sidecar.url("/cut")).await;
-    assert_problem(&got, 502, "upstream-protocol");
-    assert_eq!(h.psp.request_count(), 1);
-
-    h.psp.script(vec![Step::Echo]);
-    let got = get(&h.sidecar.url("/healthy")).await;
-    assert_eq!(got.status, 200);
-    assert_eq!(got.body, "/healthy");
-    h.env.assert_logs_clean();
-}
-
-#[tokio::test]
-async fn a_small_body_that_stalls_is_a_504_within_the_request_timeout() {
-    let h = hostile(&["--request-timeout", "1s"]).await;
-    // The head, then nothing: the body never starts.
-    h.psp.script(vec![
-        Step::Write(Bytes::from_static(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 100\r\n\r\n",
-        )),
-        Step::Hold,
-    ]);
-    let started = Instant::now();
-    let got = tokio::time::timeout(Duration::from_secs(10), get(&h.sidecar.url("/stall")))
-        .await
-        .expect("a stalled body is answered, not left hanging");
-    let took = started.elapsed();
-    assert_problem(&got, 504, "upstream-timeout");
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
-        "504 after {took:?}, --request-timeout is 1 s"
-    );
-
-    h.psp.script(vec![Step::Echo]);
-    let got = get(&h.sidecar.url("/healthy")).await;
-    assert_eq!(got.status, 200);
-    assert_eq!(got.body, "/healthy");
-}
-
-#[tokio::test]
-async fn small_and_limit_sized_bodies_pass_through_byte_exact() {
-    for h2 in [false, true] {
-        let extra: &[&str] = if h2 { &[] } else { &["--upstream-http1-only"] };
-        let s = setup(h2, extra).await;
-        let http = http_client();
-        // (method, path, status, Content-Length, body)
-        let cases = [
-            ("GET", "/bytes/0", 200, Some(0), Vec::new()),
-            ("HEAD", "/bytes/1000", 200, Some(1000), Vec::new()),
-            ("GET", "/status/204", 204, None, Vec::new()),
-            ("GET", "/bytes/65536", 200, Some(65536), pattern(65536)),
-            ("GET", "/bytes/65537", 200, Some(65537), pattern(65537)),
-        ];
-        for (method, path, status, length, body) in cases {
-            let what = format!("{method} {path} (PSP h2 offered: {h2})");
-            let req = Request::builder()
-                .method(method)
-                .uri(s.sidecar.url(path))
-                .body(empty())
-                .unwrap();
-            let got = send(&http, req).await;
-            assert_eq!(got.status.as_u16(), status as u16, "{what}: {:?}", got.body);
-            assert_eq!(
-                got.headers
-                    .get("content-length")
-                    .map(|v| v.to_str().unwrap().to_owned()),
-                length.map(|n: usize| n.to_string()),
-                "{what}: content-length"
-            );
-            assert!(
-                !got.headers.contains_key("transfer-encoding"),
-                "{what}: {:?}",
-                got.headers
-            );
-            assert_eq!(got.headers["x-counting-psp"], "1", "{what}");
-            assert!(got.body == body, "{what}: body of {} bytes", got.body.len());
-        }
-        assert_eq!(s.psp.requests(), 5);
-    }
-}
-
-/// Bodies without a length (HTTP/1.1 chunked, h2 without `content-length`) are read ahead
-/// while their frames come without waiting; whatever the split between read-ahead and
-/// streaming, the app gets every byte, in order.
-#[tokio::test]
-async fn bodies_without_a_length_pass_through_byte_exact() {
-    for h2 in [false, true] {
-        let extra: &[&str] = if h2 { &[] } else { &["--upstream-http1-only"] };
-        let s = setup(h2, extra).await;
-        let http = http_client();
-        let sizes = [1, 100, 16 * 1024, 65536, 65537, 300 * 1024];
-        for n in sizes {
-            let what = format!("/chunked/{n} (PSP h2 offered: {h2})");
-            let got = send(
-                &http,
-                Request::get(s.sidecar.url(&format!("/chunked/{n}")))
-                    .body(empty())
-                    .unwrap(),
-            )
-            .await;
-            assert_eq!(got.status, 200, "{what}");
-            assert_eq!(got.headers["x-counting-psp"], "1", "{what}");
-            assert!(
-                got.body == pattern(n),
-                "{what}: body of {} bytes",
-                got.body.len()
-            );
-        }
-        assert_eq!(s.psp.requests(), sizes.len() as u64);
-    }
-}
-
-/// A body without a length whose rest is held back: what came is relayed at once (the
-/// read-ahead stops at the first frame that is not there), and the slot is held until the
-/// end.
-#[tokio::test]
-async fn a_paused_body_without_a_length_streams_what_came_and_holds_its_slot() {
-    let s = one_slot(&[]).await;
-    let len = 200 * 1024;
-    let mut first = open(&s.sidecar, &format!("/gated-chunked/{len}")).await;
-    assert_eq!(first.status(), 200);
-    assert!(!first.headers().contains_key("content-length"));
-    // The data before the gate reaches the app while the PSP holds the rest.
-    let mut got = Vec::new();
-    while got.len() < 64 * 1024 {
-        let frame = tokio::time::timeout(Duration::from_secs(10), first.body_mut().frame())
-            .await
-            .expect("the data sent before the pause reaches the app")
-            .expect("a frame")
-            .unwrap();
-        if let Ok(data) = frame.into_data() {
-            got.extend_from_slice(&data);
-        }
-    }
-    assert_eq!(s.psp.in_flight(), 1);
-    assert_eq!(s.psp.requests(), 1);
-    s.psp.open_gate();
-    let rest = first.into_body().collect().await.unwrap().to_bytes();
-    got.extend_from_slice(&rest);
-    assert!(
-        got == pattern(len),
-        "body of {} bytes is not byte-exact",
-        got.len()
-    );
-    let after = get(&s.sidecar.url("/echo/after")).await;
-    assert_eq!(after.status, 200);
-    assert_eq!(waits(&s.sidecar).await, 0);
 }
 
 /// A request that times out while waiting for a slot is counted too: that is the wait that
