@@ -3,7 +3,8 @@
 //! are in flight at once (from the moment its handler is called until the response body
 //! has handed over its last byte, or is dropped) and the maximum seen, the connections it
 //! accepted by protocol and how many are open now, and the order in which exchanges started
-//! and ended.
+//! and ended. It can close its idle connections silently, as nginx does at its
+//! `keepalive_timeout` ([`CountingPsp::close_idle_connections`]).
 //!
 //! Routes (every answer after the configured delay):
 //! - `/echo/...`: `200`, the path as a `text/plain` body;
