@@ -38,9 +38,12 @@ pub fn init() {
     });
 }
 
-/// Everything logged so far in this process.
+/// Everything logged so far in this process. Under `cargo test` that is every test's TRACE
+/// lines, and every thread that logs waits on the buffer's lock: the bytes are copied under
+/// it and checked as UTF-8 after.
 pub fn captured() -> String {
-    String::from_utf8_lossy(&BUFFER.get_or_init(Default::default).lock().unwrap()).into_owned()
+    let bytes = BUFFER.get_or_init(Default::default).lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Panic if any of `secrets` appears in the captured logs.
