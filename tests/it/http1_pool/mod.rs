@@ -95,6 +95,21 @@ async fn echo(sidecar: &Running, name: &str) {
     assert_eq!(got.body, path);
 }
 
+/// GET `url` (`what`, for the message), which must be answered, a 504 `upstream-timeout`,
+/// about `--request-timeout` (1 s) after it was sent.
+async fn times_out_after_1s(url: &str, what: &str) {
+    let started = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(10), get(url))
+        .await
+        .unwrap_or_else(|_| panic!("{what} is answered, not left hanging"));
+    let took = started.elapsed();
+    assert_problem(&got, 504, "upstream-timeout");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{what}: 504 after {took:?}, --request-timeout is 1 s"
+    );
+}
+
 /// GET `path`, returning the response with its body still to be read.
 async fn open(sidecar: &Running, path: &str) -> http::Response<hyper::body::Incoming> {
     http_client()
@@ -277,16 +292,11 @@ async fn waiting_for_a_slot_is_bounded_by_the_request_timeout() {
     let first = open(&s.sidecar, "/gated/204800").await;
     assert_eq!(first.status(), 200);
 
-    let started = Instant::now();
-    let got = tokio::time::timeout(Duration::from_secs(10), get(&s.sidecar.url("/echo/second")))
-        .await
-        .expect("a request waiting for a slot is answered, not left hanging");
-    let took = started.elapsed();
-    assert_problem(&got, 504, "upstream-timeout");
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
-        "504 after {took:?}, --request-timeout is 1 s"
-    );
+    times_out_after_1s(
+        &s.sidecar.url("/echo/second"),
+        "a request waiting for a slot",
+    )
+    .await;
     assert_eq!(
         s.psp.requests(),
         1,
