@@ -136,7 +136,7 @@ impl Metrics {
         let upstream_retries = Counter::default();
         registry.register(
             "upstream_retries",
-            "Requests sent again because the PSP said it had not processed them (HTTP/2 GOAWAY, REFUSED_STREAM)",
+            "Requests sent again because the PSP had not processed them (HTTP/2 GOAWAY, REFUSED_STREAM; an HTTP/1.1 connection that closed before taking the request)",
             upstream_retries.clone(),
         );
         let upstream_connection_waits = Counter::default();

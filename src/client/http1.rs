@@ -99,7 +99,7 @@ where
     B: SendBody,
 {
     pool: managed::Pool<Dialer<B>>,
-    /// Counts the requests that found every connection busy.
+    /// Counts the requests that found every connection busy, and those sent again.
     metrics: Arc<Metrics>,
 }
 
@@ -179,6 +179,7 @@ where
                             error = %crate::telemetry::error_chain(e.error()),
                             "the connection closed before taking the request; sending it on another"
                         );
+                        self.metrics.upstream_retry();
                         req = unsent;
                     }
                     _ => return Err(SendError::Exchange(e.into_error())),
