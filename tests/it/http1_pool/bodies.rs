@@ -8,11 +8,18 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
 
-use super::{one_slot, open, setup, times_out_after_1s, waits};
+use super::{Setup, one_slot, open, setup, times_out_after_1s, waits};
 use crate::faults::hostile;
 use crate::support::counting_psp::pattern;
 use crate::support::hostile_psp::Step;
 use crate::support::*;
+
+/// A sidecar on a PSP offering h2 (default ALPN: h2 is spoken), or offering only HTTP/1.1
+/// (with `--upstream-http1-only`, the pool of our own).
+async fn offering(h2: bool) -> Setup {
+    let extra: &[&str] = if h2 { &[] } else { &["--upstream-http1-only"] };
+    setup(h2, extra).await
+}
 
 #[tokio::test]
 async fn a_small_body_cut_before_its_content_length_is_a_502_problem() {
@@ -55,8 +62,7 @@ async fn a_small_body_that_stalls_is_a_504_within_the_request_timeout() {
 #[tokio::test]
 async fn small_and_limit_sized_bodies_pass_through_byte_exact() {
     for h2 in [false, true] {
-        let extra: &[&str] = if h2 { &[] } else { &["--upstream-http1-only"] };
-        let s = setup(h2, extra).await;
+        let s = offering(h2).await;
         let http = http_client();
         // (method, path, status, Content-Length, body)
         let cases = [
@@ -100,8 +106,7 @@ async fn small_and_limit_sized_bodies_pass_through_byte_exact() {
 #[tokio::test]
 async fn bodies_without_a_length_pass_through_byte_exact() {
     for h2 in [false, true] {
-        let extra: &[&str] = if h2 { &[] } else { &["--upstream-http1-only"] };
-        let s = setup(h2, extra).await;
+        let s = offering(h2).await;
         let http = http_client();
         let sizes = [1, 100, 16 * 1024, 65536, 65537, 300 * 1024];
         for n in sizes {

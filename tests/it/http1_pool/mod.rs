@@ -54,11 +54,17 @@ async fn setup(h2: bool, extra: &[&str]) -> Setup {
     Setup { sidecar, psp, env }
 }
 
-/// An HTTP/1.1-only sidecar with a single connection slot, and `extra` flags.
-async fn one_slot(extra: &[&str]) -> Setup {
-    let mut flags = vec!["--upstream-http1-only", "--upstream-max-connections", "1"];
+/// An HTTP/1.1-only sidecar with `n` connection slots, and `extra` flags.
+async fn slots(n: usize, extra: &[&str]) -> Setup {
+    let n = n.to_string();
+    let mut flags = vec!["--upstream-http1-only", "--upstream-max-connections", &n];
     flags.extend_from_slice(extra);
     setup(false, &flags).await
+}
+
+/// An HTTP/1.1-only sidecar with a single connection slot, and `extra` flags.
+async fn one_slot(extra: &[&str]) -> Setup {
+    slots(1, extra).await
 }
 
 /// `n` concurrent GETs of `/echo/{i}`, each on its own app connection; every one must be
@@ -122,11 +128,7 @@ async fn open(sidecar: &Running, path: &str) -> http::Response<hyper::body::Inco
 
 #[tokio::test]
 async fn http1_exchanges_in_flight_at_the_psp_never_exceed_the_bound() {
-    let s = setup(
-        false,
-        &["--upstream-http1-only", "--upstream-max-connections", "4"],
-    )
-    .await;
+    let s = slots(4, &[]).await;
     s.psp.set_delay(Duration::from_millis(200));
     assert_eq!(waits(&s.sidecar).await, 0);
 
@@ -339,11 +341,7 @@ async fn a_request_that_gives_up_waiting_for_a_slot_is_counted_as_a_wait() {
 /// must hand its connection back, so that all of them ride one connection.
 #[tokio::test]
 async fn every_kind_of_body_hands_its_http1_connection_back_for_the_next_exchange() {
-    let s = setup(
-        false,
-        &["--upstream-http1-only", "--upstream-max-connections", "4"],
-    )
-    .await;
+    let s = slots(4, &[]).await;
     let http = http_client();
     let big = 200 * 1024; // over READ_WHOLE_LIMIT: streamed
     let cases: Vec<(Method, String, usize)> = vec![

@@ -149,7 +149,7 @@ impl CountingPsp {
         self.state.gate.add_permits(1);
     }
 
-    /// Close every connection once it is idle, silently (no `Connection: close`).
+    /// Close every connection open now once it is idle, silently (no `Connection: close`).
     pub fn close_idle_connections(&self) {
         self.state.close_idle.notify_waiters();
     }
