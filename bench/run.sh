@@ -329,6 +329,7 @@ select_targets() {
 }
 
 build_proxy() {
+    [[ ${BUILD:-pgo} == pgo || ${BUILD:-pgo} == plain ]] || die "BUILD: pgo or plain, not $BUILD"
     if [[ -z ${PROXY_BIN:-} && ${BUILD:-pgo} == plain ]]; then
         log "cargo build --release --locked (in $REPO)"
         (cd "$REPO" && cargo build --release --locked) >"$WORK/logs/cargo-build.log" 2>&1 ||
@@ -1044,7 +1045,8 @@ run_train() {
             for t in "${ACTIVE[@]}"; do
                 out=$(load "$t" "$s" "$TRAIN_SECS") || die "training load failed on $t ($p, $s)"
                 read -r _ _ _ _ errors <<<"$out"
-                ((${errors:-1} == 0)) || die "training: ${errors:-no result and} errors on $t ($p, $s)"
+                [[ -n ${errors:-} ]] || die "training: no result from wrk on $t ($p, $s)"
+                ((errors == 0)) || die "training: $errors errors on $t ($p, $s)"
             done
             log "trained $s (${ACTIVE[*]}, $(proto_title "$p"))"
         done

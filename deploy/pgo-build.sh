@@ -5,7 +5,7 @@
 #   1. an instrumented release build (-Cprofile-generate) in target/pgo/gen;
 #   2. its training: `bench/run.sh train` runs it against an mTLS nginx "PSP" and token
 #      endpoint (HTTP/1.1-only and h2 upstream; GETs and 16 KiB / 1 MiB POSTs at 16, 32 and
-#      256 app connections), about a minute and a half;
+#      256 app connections), about a minute;
 #   3. the counts merged (llvm-profdata) into target/pgo/pix-auth-proxy.profdata;
 #   4. `cargo build --release --locked` with -Cprofile-use in target/pgo/use.
 #
@@ -20,8 +20,8 @@
 # PGO_NO_INSTALL=1), 127.0.0.1 ports PGO_PORT_BASE (18700) to +17, and an llvm-profdata
 # that reads the raw profiles of rustc's LLVM: PGO_PROFDATA, else the one of rustup's
 # llvm-tools component, else the newest /usr/lib/llvm-N (N >= 19; Debian's llvm-19 is
-# installed when none is there). A profile it cannot read stops the build with an error:
-# a binary is never shipped built from no counts.
+# installed when none is there). Raw profiles it cannot read, or a merged profile without
+# counts, stop the build with an error: a binary is never shipped built from no counts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -47,14 +47,14 @@ find_profdata() {
         return
     fi
     p=$(ls -d /usr/lib/llvm-*/bin/llvm-profdata 2>/dev/null | sort -V | tail -n 1 || true)
-    if [[ -n $p && $(basename "$(dirname "$(dirname "$p")")" | sed 's/llvm-//') -ge 19 ]]; then
+    local major=${p#/usr/lib/llvm-}
+    if [[ -n $p && ${major%%/*} -ge 19 ]]; then
         echo "$p"
         return
     fi
     if [[ ${PGO_NO_INSTALL:-0} != 1 ]] && ((EUID == 0)) && command -v apt-get >/dev/null; then
         log "apt-get install llvm-19 (for llvm-profdata)"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends llvm-19 >&2 ||
-            { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends llvm-19 >&2; } ||
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends llvm-19; } >&2 ||
             die "apt-get install llvm-19 failed"
         echo /usr/lib/llvm-19/bin/llvm-profdata
         return
@@ -86,6 +86,13 @@ compgen -G "$raw/*.profraw" >/dev/null || die "the training wrote no profile to 
 log "3/4 merge"
 "$profdata" merge -o "$OUT/pix-auth-proxy.profdata" "$raw"/*.profraw ||
     die "$profdata cannot merge rustc's raw profiles (an llvm-profdata older than rustc's LLVM?)"
+# rustc reads a profile whatever its counts: make sure the training counted something.
+summary=$("$profdata" show "$OUT/pix-auth-proxy.profdata")
+functions=$(sed -n 's/^Total functions: //p' <<<"$summary")
+max_count=$(sed -n 's/^Maximum function count: //p' <<<"$summary")
+((${functions:-0} > 0 && ${max_count:-0} > 0)) ||
+    die "the merged profile holds no counts (functions: ${functions:-?}, maximum count: ${max_count:-?})"
+log "profile: $functions functions, the hottest entered $max_count times"
 
 log "4/4 optimised build (target/pgo/use)"
 CARGO_TARGET_DIR=$OUT/use RUSTFLAGS="-Cprofile-use=$OUT/pix-auth-proxy.profdata" \
