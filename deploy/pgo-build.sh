@@ -95,7 +95,12 @@ max_count=$(sed -n 's/^Maximum function count: //p' <<<"$summary")
 log "profile: $functions functions, the hottest entered $max_count times"
 
 log "4/4 optimised build (target/pgo/use)"
-CARGO_TARGET_DIR=$OUT/use RUSTFLAGS="-Cprofile-use=$OUT/pix-auth-proxy.profdata" \
+# Cargo tracks RUSTFLAGS, not the file they name: a path of the profile's own hash makes new
+# counts rebuild every crate, instead of leaving the dependencies built from older ones.
+sum=$(sha256sum "$OUT/pix-auth-proxy.profdata" | cut -c1-16)
+rm -f "$OUT"/use-*.profdata
+cp "$OUT/pix-auth-proxy.profdata" "$OUT/use-$sum.profdata"
+CARGO_TARGET_DIR=$OUT/use RUSTFLAGS="-Cprofile-use=$OUT/use-$sum.profdata" \
     cargo build --release --locked --bin pix-auth-proxy
 cp "$OUT/use/release/pix-auth-proxy" "$OUT/pix-auth-proxy"
 "$OUT/pix-auth-proxy" --version >/dev/null
