@@ -7,17 +7,26 @@
 //! connection from the pool and holds it in its [`Slot`] until the response body ends; the
 //! bound on connections (`--upstream-max-connections`) is the pool's size, so waiting for a
 //! connection and waiting for a slot are the same wait. A connection goes back only after a
-//! clean end of its response: an exchange given up earlier (a timeout, an app that went
-//! away, a broken body) closes its connection instead of leaving it busy in the pool.
+//! clean end of its response. An exchange given up before the PSP's response head (a
+//! timeout, an app that went away) ends in a task of its own, and its connection comes back
+//! if the answer does, whole, within a bound ([`InFlight`]); one given up later (a body
+//! broken off, an app gone mid-body) closes its connection instead of leaving it busy in
+//! the pool.
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
 
 use deadpool::managed::{self, Object, PoolError, QueueMode, RecycleError, Timeouts};
 use http::Uri;
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::SendRequest;
 use tower_service::Service as _;
 
@@ -168,9 +177,9 @@ where
         loop {
             attempts += 1;
             let mut conn = self.checkout(&mut counted).await?;
-            let sending = conn.try_send_request(req);
-            let slot = Slot(Holding::Connection(conn));
-            match sending.await {
+            let answer = Box::pin(conn.try_send_request(req));
+            let (answer, slot) = InFlight::new(answer, Slot(Holding::Connection(conn))).await;
+            match answer {
                 Ok(resp) => return Ok((resp, slot)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if attempts < MAX_ATTEMPTS => {
@@ -208,6 +217,105 @@ where
             other => SendError::Connect(other.to_string().into()),
         })
     }
+}
+
+type Answer<B> = Result<http::Response<Incoming>, TrySendError<http::Request<B>>>;
+
+/// A request handed to its connection, until the PSP's response head.
+///
+/// Dropped before that (the app went away, or the request timeout passed), it does not
+/// close the connection at once, which would make the next request pay a new TLS
+/// handshake: a task of its own waits for the answer and reads its body to the end, then
+/// hands the connection back, within [`DRAIN_BOUND`] and [`DRAIN_MAX_BYTES`]; past either,
+/// or on any error, the connection is closed. The answer goes nowhere: it is not the app's
+/// any more, and the PSP has the request either way. Boxed: the exchange's own future
+/// cannot be moved into that task once polled.
+struct InFlight<B>
+where
+    B: SendBody,
+{
+    answer: Option<Pin<Box<dyn Future<Output = Answer<B>> + Send>>>,
+    slot: Option<Slot<B>>,
+}
+
+/// How long an abandoned exchange may take to end before its connection is closed.
+const DRAIN_BOUND: Duration = Duration::from_secs(1);
+
+/// The most response body an abandoned exchange reads to keep its connection.
+const DRAIN_MAX_BYTES: usize = 64 * 1024;
+
+impl<B> InFlight<B>
+where
+    B: SendBody,
+{
+    fn new(answer: Pin<Box<dyn Future<Output = Answer<B>> + Send>>, slot: Slot<B>) -> Self {
+        Self {
+            answer: Some(answer),
+            slot: Some(slot),
+        }
+    }
+}
+
+impl<B> Future for InFlight<B>
+where
+    B: SendBody,
+{
+    type Output = (Answer<B>, Slot<B>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let answer = this
+            .answer
+            .as_mut()
+            .expect("InFlight polled after its answer");
+        let answer = std::task::ready!(answer.as_mut().poll(cx));
+        this.answer = None;
+        Poll::Ready((answer, this.slot.take().unwrap_or_default()))
+    }
+}
+
+impl<B> Drop for InFlight<B>
+where
+    B: SendBody,
+{
+    fn drop(&mut self) {
+        let (Some(answer), Some(slot)) = (self.answer.take(), self.slot.take()) else {
+            return;
+        };
+        // Outside a runtime (never, in the sidecar) the slot is dropped: connection closed.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(drain(answer, slot));
+        }
+    }
+}
+
+/// The end of an exchange nobody waits for: its connection back to the pool if the answer
+/// comes, whole, in time; closed otherwise.
+async fn drain<B>(answer: Pin<Box<dyn Future<Output = Answer<B>> + Send>>, mut slot: Slot<B>)
+where
+    B: SendBody,
+{
+    let ended = tokio::time::timeout(DRAIN_BOUND, async move {
+        let mut body = answer.await.ok()?.into_body();
+        let mut read = 0;
+        while let Some(frame) = body.frame().await {
+            read += frame.ok()?.data_ref().map_or(0, Bytes::len);
+            if read > DRAIN_MAX_BYTES {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let kept = matches!(ended, Ok(Some(())));
+    if kept {
+        slot.finished();
+    }
+    tracing::debug!(
+        event = "upstream_abandoned",
+        connection = if kept { "kept" } else { "closed" },
+        "an exchange the app gave up on before the PSP's head ended"
+    );
 }
 
 /// Take `conn` out of the pool (its place is free at once) and close it.

@@ -150,8 +150,9 @@ where
 ///
 /// An exchange over the HTTP/1.1 pool holds the connection itself: [`Slot::finished`] at
 /// the clean end of the response body hands it back for the next exchange; a slot dropped
-/// before that (a timeout, an app that went away, a body broken off) closes it, since
-/// the PSP may still be sending on it.
+/// before that (a body broken off, an app gone mid-body) closes it, since the PSP may still
+/// be sending on it. An exchange given up before the response head reads the answer
+/// nobody waits for, within bounds, to keep its connection (see `http1::InFlight`).
 pub struct Slot<B>(Holding<B>)
 where
     B: SendBody;

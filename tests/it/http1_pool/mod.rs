@@ -17,6 +17,7 @@ use crate::faults::counter;
 use crate::support::counting_psp::{CountingPsp, Event, GATE_AT, pattern};
 use crate::support::*;
 
+mod abandoned;
 mod bodies;
 
 const WAITS: &str = "pix_auth_proxy_upstream_connection_waits_total";
@@ -382,9 +383,10 @@ async fn every_kind_of_body_hands_its_http1_connection_back_for_the_next_exchang
     assert_eq!(waits(&s.sidecar).await, 0);
 }
 
-/// An exchange given up before the PSP's head (the request timeout) must not leave its
-/// connection in the pool with a request outstanding, nor keep its slot: the next request,
-/// with a single slot, is answered on a new connection.
+/// An exchange given up before the PSP's head (the request timeout) whose answer does not
+/// follow within the drain bound (1 s; [`abandoned`] has the answers that do) must not leave
+/// its connection in the pool with a request outstanding, nor keep its slot: the next
+/// request, with a single slot, is answered on a new connection.
 #[tokio::test]
 async fn an_exchange_given_up_before_its_head_frees_its_slot_and_closes_its_connection() {
     let s = one_slot(&["--request-timeout", "500ms"]).await;
