@@ -30,7 +30,8 @@
 #
 # What it does: throwaway PKI (certs.example/make-certs.sh) in a work dir under /tmp; an
 # upstream nginx "PSP" with mTLS (ssl_verify_client on) answering 401 unless the bearer is
-# exactly the expected one; a token endpoint (another nginx, mTLS) answering a fixed token
+# exactly the expected one (request bodies read into memory, never spooled to a temp file:
+# bench/conf/upstream-nginx.conf.tmpl); a token endpoint (another nginx, mTLS) answering a fixed token
 # with expires_in 300; the peers (nginx, HAProxy, Envoy) injecting that same static bearer;
 # pix-auth-proxy fetching it from the token endpoint, twice: `pix` with its default ALPN and
 # `pix-h1` with --upstream-http1-only (HTTP/1.1 like the peers). Every proxy runs
