@@ -330,8 +330,9 @@ select_targets() {
 }
 
 build_proxy() {
-    [[ ${BUILD:-pgo} == pgo || ${BUILD:-pgo} == plain ]] || die "BUILD: pgo or plain, not $BUILD"
-    if [[ -z ${PROXY_BIN:-} && ${BUILD:-pgo} == plain ]]; then
+    : "${BUILD:=pgo}"
+    [[ $BUILD == pgo || $BUILD == plain ]] || die "BUILD: pgo or plain, not $BUILD"
+    if [[ -z ${PROXY_BIN:-} && $BUILD == plain ]]; then
         log "cargo build --release --locked (in $REPO)"
         (cd "$REPO" && cargo build --release --locked) >"$WORK/logs/cargo-build.log" 2>&1 ||
             die "release build failed: see $WORK/logs/cargo-build.log"

@@ -177,8 +177,8 @@ where
         loop {
             attempts += 1;
             let mut conn = self.checkout(&mut counted).await?;
-            let answer = Box::pin(conn.try_send_request(req));
-            let (answer, slot) = InFlight::new(answer, Slot(Holding::Connection(conn))).await;
+            let answer: Answer<B> = Box::pin(conn.try_send_request(req));
+            let (answer, slot) = InFlight(Some((answer, Slot(Holding::Connection(conn))))).await;
             match answer {
                 Ok(resp) => return Ok((resp, slot)),
                 Err(mut e) => match e.take_message() {
@@ -219,7 +219,9 @@ where
     }
 }
 
-type Answer<B> = Result<http::Response<Incoming>, TrySendError<http::Request<B>>>;
+/// What hyper's `try_send_request` answers, and that answer as a future of its own.
+type TrySent<B> = Result<http::Response<Incoming>, TrySendError<http::Request<B>>>;
+type Answer<B> = Pin<Box<dyn Future<Output = TrySent<B>> + Send>>;
 
 /// A request handed to its connection, until the PSP's response head.
 ///
@@ -229,14 +231,10 @@ type Answer<B> = Result<http::Response<Incoming>, TrySendError<http::Request<B>>
 /// hands the connection back, within [`DRAIN_BOUND`] and [`DRAIN_MAX_BYTES`]; past either,
 /// or on any error, the connection is closed. The answer goes nowhere: it is not the app's
 /// any more, and the PSP has the request either way. Boxed: the exchange's own future
-/// cannot be moved into that task once polled.
-struct InFlight<B>
+/// cannot be moved into that task once polled. `None` once the answer came.
+struct InFlight<B>(Option<(Answer<B>, Slot<B>)>)
 where
-    B: SendBody,
-{
-    answer: Option<Pin<Box<dyn Future<Output = Answer<B>> + Send>>>,
-    slot: Option<Slot<B>>,
-}
+    B: SendBody;
 
 /// How long an abandoned exchange may take to end before its connection is closed.
 const DRAIN_BOUND: Duration = Duration::from_secs(1);
@@ -244,33 +242,18 @@ const DRAIN_BOUND: Duration = Duration::from_secs(1);
 /// The most response body an abandoned exchange reads to keep its connection.
 const DRAIN_MAX_BYTES: usize = 64 * 1024;
 
-impl<B> InFlight<B>
-where
-    B: SendBody,
-{
-    fn new(answer: Pin<Box<dyn Future<Output = Answer<B>> + Send>>, slot: Slot<B>) -> Self {
-        Self {
-            answer: Some(answer),
-            slot: Some(slot),
-        }
-    }
-}
-
 impl<B> Future for InFlight<B>
 where
     B: SendBody,
 {
-    type Output = (Answer<B>, Slot<B>);
+    type Output = (TrySent<B>, Slot<B>);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let answer = this
-            .answer
-            .as_mut()
-            .expect("InFlight polled after its answer");
+        let (answer, _) = this.0.as_mut().expect("InFlight polled after its answer");
         let answer = std::task::ready!(answer.as_mut().poll(cx));
-        this.answer = None;
-        Poll::Ready((answer, this.slot.take().unwrap_or_default()))
+        let (_, slot) = this.0.take().expect("still in flight");
+        Poll::Ready((answer, slot))
     }
 }
 
@@ -279,7 +262,7 @@ where
     B: SendBody,
 {
     fn drop(&mut self) {
-        let (Some(answer), Some(slot)) = (self.answer.take(), self.slot.take()) else {
+        let Some((answer, slot)) = self.0.take() else {
             return;
         };
         // Outside a runtime (never, in the sidecar) the slot is dropped: connection closed.
@@ -291,7 +274,7 @@ where
 
 /// The end of an exchange nobody waits for: its connection back to the pool if the answer
 /// comes, whole, in time; closed otherwise.
-async fn drain<B>(answer: Pin<Box<dyn Future<Output = Answer<B>> + Send>>, mut slot: Slot<B>)
+async fn drain<B>(answer: Answer<B>, mut slot: Slot<B>)
 where
     B: SendBody,
 {

@@ -11,9 +11,22 @@ use super::{echo, one_slot};
 use crate::support::counting_psp::Event;
 use crate::support::*;
 
-/// Whether the PSP has finished answering `path` (its last body byte handed over).
-fn ended(events: &[Event], path: &str) -> bool {
-    events.contains(&Event::End(path.to_owned()))
+/// Once the PSP has finished answering the abandoned `path` (its last body byte handed
+/// over), the next request must go on the same, single connection.
+async fn answered_and_connection_reused(s: &super::Setup, path: &str) {
+    let end = Event::End(path.to_owned());
+    assert!(
+        eventually(Duration::from_secs(10), || s.psp.events().contains(&end)).await,
+        "the PSP answered the abandoned {path}"
+    );
+    s.psp.set_delay(Duration::ZERO);
+    echo(&s.sidecar, "next").await;
+    assert_eq!(
+        s.psp.connections(),
+        (1, 0),
+        "the abandoned exchange's answer was read and its connection reused"
+    );
+    assert_eq!(s.psp.open_connections(), 1);
 }
 
 /// An app connection that sends `GET path` and goes away once the PSP has the request.
@@ -39,43 +52,19 @@ async fn an_app_that_goes_away_before_the_head_costs_no_new_psp_connection() {
 
     s.psp.set_delay(Duration::from_millis(300));
     gone_after_sending(&s, "/echo/gone").await;
-    assert!(
-        eventually(Duration::from_secs(10), || ended(
-            &s.psp.events(),
-            "/echo/gone"
-        ))
-        .await,
-        "the PSP answered the abandoned request"
-    );
-    s.psp.set_delay(Duration::ZERO);
-    echo(&s.sidecar, "next").await;
-    assert_eq!(
-        s.psp.connections(),
-        (1, 0),
-        "the abandoned exchange's answer was read and its connection reused"
-    );
-    assert_eq!(s.psp.open_connections(), 1);
+    answered_and_connection_reused(&s, "/echo/gone").await;
 }
 
 #[tokio::test]
 async fn an_exchange_past_the_request_timeout_keeps_its_connection_if_the_answer_follows_soon() {
     let s = one_slot(&["--request-timeout", "400ms"]).await;
     echo(&s.sidecar, "warm").await;
+    assert_eq!(s.psp.connections(), (1, 0));
 
     s.psp.set_delay(Duration::from_millis(800));
     let late = get(&s.sidecar.url("/echo/late")).await;
     assert_problem(&late, 504, "upstream-timeout");
-    assert!(
-        eventually(Duration::from_secs(10), || ended(
-            &s.psp.events(),
-            "/echo/late"
-        ))
-        .await,
-        "the PSP answered the timed-out request"
-    );
-    s.psp.set_delay(Duration::ZERO);
-    echo(&s.sidecar, "next").await;
-    assert_eq!(s.psp.connections(), (1, 0), "the connection was reused");
+    answered_and_connection_reused(&s, "/echo/late").await;
 }
 
 /// Reading an abandoned answer is bounded in bytes as well as in time: a body longer than
