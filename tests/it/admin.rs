@@ -192,6 +192,28 @@ async fn oversized_request_headers_are_refused_with_431() {
     assert_eq!(env.psp.api_requests(), 0);
 }
 
+/// The sidecar reads at most 8 KiB - 1 from the app at a time (so that hyper's read buffer
+/// stays at 8 KiB per connection); a head longer than that, within `--max-header-bytes`,
+/// still arrives whole, over several reads. (12,000 bytes: the mock PSP, a hyper h2 server,
+/// takes header lists up to 16 KiB.)
+#[tokio::test]
+async fn a_head_longer_than_one_read_within_the_limit_reaches_the_psp_whole() {
+    let env = Env::new().await;
+    let sidecar = env.sidecar(&[]).await;
+    sidecar.ready().await;
+    let big = "b".repeat(12_000);
+    let req = Request::get(sidecar.url("/cob/long-head"))
+        .header("x-big", &big)
+        .body(empty())
+        .unwrap();
+    let got = send(&http_client(), req).await;
+    assert_eq!(got.status, 200, "{:?}", String::from_utf8_lossy(&got.body));
+    let echo = got.json();
+    assert_eq!(echo["path"], "/cob/long-head");
+    assert_eq!(echo["headers"]["x-big"][0].as_str(), Some(big.as_str()));
+    assert_eq!(env.psp.api_requests(), 1);
+}
+
 #[tokio::test]
 async fn sigterm_flips_readiness_keeps_serving_through_the_delay_drains_and_exits_0() {
     let env = Env::new().await;
