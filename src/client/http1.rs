@@ -4,10 +4,11 @@
 //! The discovery and HTTP/2 clients use hyper-util's pool, which for every HTTP/1.1 request
 //! hashes the destination, builds a connect future it rarely starts, and spawns a task to
 //! put the connection back once the response body has been read. Here an exchange takes a
-//! connection from the pool and holds it in its [`Slot`] until the response body ends; the
-//! bound on connections (`--upstream-max-connections`) is the pool's size, so waiting for a
-//! connection and waiting for a slot are the same wait. A connection goes back only after a
-//! clean end of its response. An exchange given up before the PSP's response head (a
+//! connection from the pool before the app's body is read ([`super::Reserved`]: one it
+//! does not use goes straight back) and holds it in its [`Slot`] until the response body
+//! ends; the bound on connections (`--upstream-max-connections`) is the pool's size, so
+//! waiting for a connection and waiting for a slot are the same wait. A connection used by
+//! an exchange goes back only after a clean end of its response. An exchange given up before the PSP's response head (a
 //! timeout, an app that went away) ends in a task of its own, and its connection comes back
 //! if the answer does, whole, within a bound ([`InFlight`]); one given up later (a body
 //! broken off, an app gone mid-body) closes its connection instead of leaving it busy in
@@ -31,7 +32,7 @@ use hyper::client::conn::http1::SendRequest;
 use tower_service::Service as _;
 
 use super::alpn::AlpnLearner;
-use super::{BoxError, Holding, SendBody, SendError, Slot};
+use super::{BoxError, Exchanged, Holding, SendBody, SendError, Slot};
 use crate::metrics::Metrics;
 
 /// How long a connection handed back may take to be ready for its next request (hyper's
@@ -159,55 +160,31 @@ where
         Self { pool, metrics }
     }
 
-    /// One exchange: a connection (a free one, a new one while fewer than the bound are
-    /// open, or else the next to come back; the wait is counted), then `req` (origin-form,
-    /// with its `Host`) until the response head. The connection comes back in the answer's
-    /// [`Slot`], to be held until the response body ends; dropped before the head (a
-    /// timeout), the slot closes the connection rather than put it back with a request
-    /// outstanding.
+    /// One exchange on `conn`, a connection of this pool: `req` (origin-form, with its
+    /// `Host`) until the response head. The connection comes back in the answer's
+    /// [`Slot`], to be held until the response body ends; dropped before the head, the
+    /// exchange ends in a task of its own ([`InFlight`]).
     ///
     /// A request the connection did not take (it was found closed before any byte of the
     /// request was written) is sent again on another; a request written is never resent.
-    pub(super) async fn send(
-        self,
-        mut req: http::Request<B>,
-    ) -> Result<(http::Response<Incoming>, Slot<B>), SendError> {
-        let mut attempts = 0;
-        let mut counted = false;
-        loop {
-            attempts += 1;
-            let mut conn = self.checkout(&mut counted).await?;
-            let answer: Answer<B> = Box::pin(conn.try_send_request(req));
-            let (answer, slot) = InFlight(Some((answer, Slot(Holding::Connection(conn))))).await;
-            match answer {
-                Ok(resp) => return Ok((resp, slot)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if attempts < MAX_ATTEMPTS => {
-                        tracing::debug!(
-                            event = "upstream_retry",
-                            error = %crate::telemetry::error_chain(e.error()),
-                            "the connection closed before taking the request; sending it on another"
-                        );
-                        self.metrics.upstream_retry();
-                        req = unsent;
-                    }
-                    _ => return Err(SendError::Exchange(e.into_error())),
-                },
-            }
+    pub(super) fn send_on(&self, conn: Held<B>, req: http::Request<B>) -> Sending<B> {
+        Sending {
+            pool: self.clone(),
+            state: Attempt::InFlight(in_flight(conn, req), 1),
         }
     }
 
-    /// A connection, waiting for one if all are busy (the first wait of a request is counted).
-    async fn checkout(&self, counted: &mut bool) -> Result<Held<B>, SendError> {
+    /// A connection: a free one, a new one while fewer than the bound are open, or else the
+    /// next to come back (the wait is counted before it starts, so that a wait cut short by
+    /// a timeout counts too).
+    pub(super) async fn checkout(&self) -> Result<Held<B>, SendError> {
         let now = Timeouts {
             wait: Some(Duration::ZERO),
             ..Timeouts::default()
         };
         let got = match self.pool.timeout_get(&now).await {
             Err(PoolError::Timeout(_)) => {
-                if !std::mem::replace(counted, true) {
-                    self.metrics.upstream_connection_wait();
-                }
+                self.metrics.upstream_connection_wait();
                 self.pool.get().await
             }
             got => got,
@@ -216,6 +193,80 @@ where
             PoolError::Backend(e) => SendError::Connect(e),
             other => SendError::Connect(other.to_string().into()),
         })
+    }
+
+    /// `req` on a new connection, after `attempts` connections that closed before taking it.
+    async fn send_again(self, req: http::Request<B>, attempts: u32) -> Exchanged<B> {
+        let conn = self.checkout().await?;
+        Sending {
+            pool: self,
+            state: Attempt::InFlight(in_flight(conn, req), attempts + 1),
+        }
+        .await
+    }
+}
+
+/// `req` handed to `conn`, until the PSP's response head.
+fn in_flight<B>(mut conn: Held<B>, req: http::Request<B>) -> InFlight<B>
+where
+    B: SendBody,
+{
+    let answer: Answer<B> = Box::pin(conn.try_send_request(req));
+    InFlight(Some((answer, Slot(Holding::Connection(conn)))))
+}
+
+/// An exchange over the pool until the PSP's response head (see [`Http1Pool::send_on`]).
+pub(super) struct Sending<B>
+where
+    B: SendBody + Unpin,
+{
+    pool: Http1Pool<B>,
+    state: Attempt<B>,
+}
+
+enum Attempt<B>
+where
+    B: SendBody + Unpin,
+{
+    /// On a connection, the how-manieth.
+    InFlight(InFlight<B>, u32),
+    /// The request goes again on another connection (rare: boxed).
+    Again(Pin<Box<dyn Future<Output = Exchanged<B>> + Send>>),
+}
+
+impl<B> Future for Sending<B>
+where
+    B: SendBody + Unpin,
+{
+    type Output = Exchanged<B>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let (mut e, attempts) = match &mut this.state {
+            Attempt::Again(again) => return again.as_mut().poll(cx),
+            Attempt::InFlight(flight, attempts) => {
+                let (answer, slot) = std::task::ready!(Pin::new(flight).poll(cx));
+                match answer {
+                    Ok(resp) => return Poll::Ready(Ok((resp, slot))),
+                    // The slot, dropped, closes the connection that did not take it.
+                    Err(e) => (e, *attempts),
+                }
+            }
+        };
+        match e.take_message() {
+            Some(unsent) if attempts < MAX_ATTEMPTS => {
+                tracing::debug!(
+                    event = "upstream_retry",
+                    error = %crate::telemetry::error_chain(e.error()),
+                    "the connection closed before taking the request; sending it on another"
+                );
+                this.pool.metrics.upstream_retry();
+                let again = this.pool.clone().send_again(unsent, attempts);
+                this.state = Attempt::Again(Box::pin(again));
+                Pin::new(this).poll(cx)
+            }
+            _ => Poll::Ready(Err(SendError::Exchange(e.into_error()))),
+        }
     }
 }
 

@@ -138,8 +138,8 @@ where
 }
 
 /// The right to run one HTTP/1.1 exchange, so to use one HTTP/1.1 connection, from the
-/// request until the end of its response body. Empty for an exchange that goes over
-/// HTTP/2.
+/// request (the connection was [`Reserved`] before the app's body was read) until the end
+/// of its response body. Empty for an exchange that goes over HTTP/2.
 ///
 /// Without a bound, N app requests in flight keep N TLS connections to the PSP open, each
 /// with ~46 KB of buffers (hyper's request channel, read and write buffers, rustls, its
@@ -235,52 +235,115 @@ impl SendError {
     }
 }
 
-type Answer<B> = Result<(http::Response<hyper::body::Incoming>, Slot<B>), SendError>;
+/// What an exchange gets from the PSP: the response head and the slot it holds, or why not.
+pub(crate) type Exchanged<B> = Result<(http::Response<hyper::body::Incoming>, Slot<B>), SendError>;
 
-/// An exchange from [`UpstreamClient::send`] until the PSP's response head.
-pub struct Sending<B>(SendState<B>)
+/// A way to the PSP taken for one exchange before its request is built
+/// ([`UpstreamClient::reserve`]): one of the pool's HTTP/1.1 connections, a discovery
+/// slot, or nothing for HTTP/2, whose requests share one connection. Dropped unused, an
+/// HTTP/1.1 connection goes back to the pool: nothing was sent on it.
+pub struct Reserved<B>(Lane<B>)
 where
     B: SendBody;
 
-enum SendState<B>
+enum Lane<B>
 where
     B: SendBody,
+{
+    Http2,
+    /// `None` only if the semaphore were closed (it never is).
+    Discover(Option<OwnedSemaphorePermit>),
+    Http1(http1::Held<B>),
+}
+
+impl<B> std::fmt::Debug for Reserved<B>
+where
+    B: SendBody,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Lane::Http2 => "Reserved(h2)",
+            Lane::Discover(_) => "Reserved(discovery)",
+            Lane::Http1(_) => "Reserved(http/1.1 connection)",
+        })
+    }
+}
+
+/// Taking a [`Reserved`] way to the PSP: at once for HTTP/2 and a free discovery slot;
+/// otherwise boxed, so that the future of every request does not carry room for a wait.
+pub struct Reserving<B>(ReserveState<B>)
+where
+    B: SendBody;
+
+enum ReserveState<B>
+where
+    B: SendBody,
+{
+    Ready(Option<Reserved<B>>),
+    Waiting(Pin<Box<dyn Future<Output = Result<Reserved<B>, SendError>> + Send>>),
+}
+
+impl<B> Future for Reserving<B>
+where
+    B: SendBody,
+{
+    type Output = Result<Reserved<B>, SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Not structurally pinned: the waiting future is boxed.
+        match &mut self.get_mut().0 {
+            ReserveState::Ready(reserved) => Poll::Ready(Ok(reserved
+                .take()
+                .expect("Reserving polled after completion"))),
+            ReserveState::Waiting(waiting) => waiting.as_mut().poll(cx),
+        }
+    }
+}
+
+/// An exchange from [`UpstreamClient::send_on`] until the PSP's response head.
+pub struct Sending<B>(SendState<B>)
+where
+    B: SendBody + Unpin;
+
+enum SendState<B>
+where
+    B: SendBody + Unpin,
 {
     /// Handed to a hyper-util pool, with its slot.
     Sent {
         answer: hyper_util::client::legacy::ResponseFuture,
         slot: Option<Slot<B>>,
     },
-    /// Over the HTTP/1.1 pool, or waiting for a discovery slot (boxed, with its request).
-    Boxed(Pin<Box<dyn Future<Output = Answer<B>> + Send>>),
+    /// On a connection of the HTTP/1.1 pool.
+    Http1(http1::Sending<B>),
+    /// Still to take its way to the PSP (boxed, with its request).
+    Boxed(Pin<Box<dyn Future<Output = Exchanged<B>> + Send>>),
 }
 
 impl<B> Future for Sending<B>
 where
-    B: SendBody,
+    B: SendBody + Unpin,
 {
-    type Output = Answer<B>;
+    type Output = Exchanged<B>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer<B>> {
-        // Neither variant is structurally pinned: the future is boxed, the other one Unpin.
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Exchanged<B>> {
+        // No variant is structurally pinned: the futures are boxed or Unpin.
         match &mut self.get_mut().0 {
             SendState::Sent { answer, slot } => {
                 let resp = std::task::ready!(Pin::new(answer).poll(cx))?;
                 Poll::Ready(Ok((resp, slot.take().unwrap_or_default())))
             }
+            SendState::Http1(sending) => Pin::new(sending).poll(cx),
             SendState::Boxed(boxed) => boxed.as_mut().poll(cx),
         }
     }
 }
 
 /// Which pool a request goes through now.
-enum Route<'a, B>
-where
-    B: SendBody,
-{
+enum Route {
     Discover,
     Http1,
-    Http2(&'a Client<AlpnLearner, B>),
+    Http2,
 }
 
 impl<B> UpstreamClient<B>
@@ -327,18 +390,44 @@ where
         }
     }
 
-    /// Send `req` (a request to `base`) through the pool that fits what the PSP speaks,
-    /// holding an HTTP/1.1 slot for it: the returned [`Slot`] must live as long as the
-    /// response body is read, and be [`Slot::finished`] at its clean end.
+    /// Take a way to the PSP for one exchange, in the pool that fits what the PSP speaks:
+    /// an HTTP/1.1 connection (a free one, a new one while fewer than the bound are open,
+    /// or else the next to come back; the wait is counted), a discovery slot, or nothing
+    /// for HTTP/2. The proxy takes it before it reads the app's body, so that a request
+    /// waiting for a connection keeps its body in the socket, not in memory.
+    pub fn reserve(&self) -> Reserving<B> {
+        let ready = |lane| Reserving(ReserveState::Ready(Some(Reserved(lane))));
+        match self.route() {
+            Route::Http2 => ready(Lane::Http2),
+            Route::Http1 => {
+                let pool = self.http1.clone();
+                Reserving(ReserveState::Waiting(Box::pin(async move {
+                    Ok(Reserved(Lane::Http1(pool.checkout().await?)))
+                })))
+            }
+            Route::Discover => match self.discovery_slots.clone().try_acquire_owned() {
+                Ok(permit) => ready(Lane::Discover(Some(permit))),
+                Err(_) => {
+                    let client = self.clone();
+                    Reserving(ReserveState::Waiting(Box::pin(async move {
+                        Ok(Reserved(Lane::Discover(
+                            client.wait_for_discovery_slot().await,
+                        )))
+                    })))
+                }
+            },
+        }
+    }
+
+    /// Send `req` (a request to `base`) the way `reserved` took. The returned [`Slot`] must
+    /// live as long as the response body is read, and be [`Slot::finished`] at its clean end.
     ///
-    /// When the request can be handed to a hyper-util pool at once the future is small: it
-    /// does not keep the request, which the future of every request in flight would
-    /// otherwise carry (it is boxed once per app connection by hyper). A request that goes
-    /// over the HTTP/1.1 pool, or must wait for a discovery slot, is kept in a box of its own.
-    pub fn send(&self, mut req: http::Request<B>) -> Sending<B> {
+    /// The future is small: the request goes to its connection or pool now, so the future
+    /// (kept by every request in flight, boxed by hyper once per app connection) does not
+    /// keep the request as well.
+    pub fn send_on(&self, reserved: Reserved<B>, mut req: http::Request<B>) -> Sending<B> {
         debug_assert_eq!(req.uri().authority(), self.base.authority());
-        let route = self.route();
-        if !matches!(route, Route::Http2(_)) {
+        if !matches!(reserved.0, Lane::Http2) {
             // hyper-util would format the same value for every HTTP/1.1 request. Before the
             // first connection the protocol is unknown: if ALPN then picks h2, the PSP gets
             // this Host beside an equal `:authority` (RFC 9113 §8.3.1 allows both).
@@ -348,51 +437,57 @@ where
                     .or_insert_with(|| host.clone());
             }
         }
-        match route {
-            Route::Http1 => {
+        match reserved.0 {
+            Lane::Http1(conn) => {
                 // An HTTP/1.1 connection of our own takes the request-target as given.
                 let target = req.uri().path_and_query().cloned();
                 *req.uri_mut() = target.map_or_else(|| Uri::from_static("/"), Uri::from);
-                Sending(SendState::Boxed(Box::pin(self.http1.clone().send(req))))
+                Sending(SendState::Http1(self.http1.send_on(conn, req)))
             }
-            Route::Http2(h2) => Sending(SendState::Sent {
-                answer: h2.request(req),
+            // A lane is HTTP/2 only when there is an HTTP/2 client.
+            Lane::Http2 => Sending(SendState::Sent {
+                answer: self.h2.as_ref().unwrap_or(&self.discover).request(req),
                 slot: Some(Slot::default()),
             }),
-            Route::Discover => match self.discovery_slots.clone().try_acquire_owned() {
-                Ok(permit) => Sending(SendState::Sent {
-                    answer: self.discover.request(req),
-                    slot: Some(Slot(Holding::Permit(permit))),
-                }),
-                Err(_) => {
-                    let client = self.clone();
-                    Sending(SendState::Boxed(Box::pin(async move {
-                        let slot = client.wait_for_discovery_slot().await;
-                        let resp = client.discover.request(req).await?;
-                        Ok((resp, slot))
-                    })))
-                }
-            },
+            Lane::Discover(permit) => Sending(SendState::Sent {
+                answer: self.discover.request(req),
+                slot: Some(permit.map_or_else(Slot::default, |p| Slot(Holding::Permit(p)))),
+            }),
+        }
+    }
+
+    /// [`reserve`](Self::reserve), then [`send_on`](Self::send_on): for a request whose
+    /// body is already at hand.
+    pub fn send(&self, req: http::Request<B>) -> Sending<B> {
+        match self.reserve().0 {
+            ReserveState::Ready(Some(reserved)) => self.send_on(reserved, req),
+            waiting => {
+                let client = self.clone();
+                Sending(SendState::Boxed(Box::pin(async move {
+                    let reserved = Reserving(waiting).await?;
+                    client.send_on(reserved, req).await
+                })))
+            }
         }
     }
 
     /// The pool for a request now: HTTP/1.1 with `--upstream-http1-only` or once the PSP
     /// picked it, HTTP/2 once it picked that, discovery before the first connection.
-    fn route(&self) -> Route<'_, B> {
+    fn route(&self) -> Route {
         // No HTTP/2 client: `--upstream-http1-only`.
-        let Some(h2) = &self.h2 else {
+        if self.h2.is_none() {
             return Route::Http1;
-        };
+        }
         match self.protocol() {
             UpstreamProtocol::Unknown => Route::Discover,
             UpstreamProtocol::Http1 => Route::Http1,
-            UpstreamProtocol::Http2 => Route::Http2(h2),
+            UpstreamProtocol::Http2 => Route::Http2,
         }
     }
 
     /// Wait for a discovery slot to come free (the wait is counted first, so that a wait
     /// cut short by a timeout counts too).
-    async fn wait_for_discovery_slot(&self) -> Slot<B> {
+    async fn wait_for_discovery_slot(&self) -> Option<OwnedSemaphorePermit> {
         self.metrics.upstream_connection_wait();
         // The semaphore lives as long as the client and is never closed.
         let permit = self.discovery_slots.clone().acquire_owned().await;
@@ -401,7 +496,7 @@ where
         // the pool has that connection when this exchange asks for one, instead of starting
         // a new TLS connection that the returning one would then make redundant.
         tokio::task::yield_now().await;
-        permit.map_or_else(|_| Slot::default(), |p| Slot(Holding::Permit(p)))
+        permit.ok()
     }
 
     /// The protocol the PSP negotiated on the newest connection.

@@ -44,6 +44,10 @@ pub type UpstreamClient = crate::client::UpstreamClient<UpstreamBody>;
 
 /// What an exchange holds of the PSP connection until its response body ends.
 pub type Slot = crate::client::Slot<UpstreamBody>;
+/// A way to the PSP taken before the request's body is read.
+pub type Reserved = crate::client::Reserved<UpstreamBody>;
+/// An exchange handed to the client, until the PSP's response head.
+pub type Sending = crate::client::Sending<UpstreamBody>;
 
 impl ApiExtras {
     /// `name=value`, form-encoded, to append to every query string.
@@ -245,52 +249,54 @@ impl Proxy {
         Ok((out, body))
     }
 
-    /// The exchange with the PSP for a prepared request.
+    /// The exchange with the PSP for a prepared request: a token, a way to the PSP (an
+    /// HTTP/1.1 connection may have to come free), then the request.
+    ///
+    /// A small body is read only once its request has a connection to go on: a request
+    /// waiting for one keeps its body in the app's socket, and not in memory (at 256 app
+    /// connections over 32 PSP connections, 224 bodies, and each one held hyper's 32 KiB
+    /// read buffer behind it).
     async fn exchange(
         &self,
         out: &Outgoing,
         body: Incoming,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let inner = &*self.inner;
-        // Buffer small bodies of known size so a 401 can be replayed; stream the rest.
-        let replayable = match body.size_hint().upper() {
-            // No body (most GETs): nothing to wait for, so no timer either.
-            Some(0) if body.is_end_stream() => Ok(Bytes::new()),
-            Some(n) if n as usize <= inner.opts.replay_limit => {
-                // Bounded: an app that announces a body and never sends it all would hold
-                // its connection (a request in flight is never idle) as long as it liked.
-                let bound = inner.opts.request_timeout;
-                let collected = tokio::time::timeout(
-                    bound,
-                    Limited::new(body, inner.opts.replay_limit).collect(),
-                )
-                .await
-                .map_err(|_| {
-                    ProxyError::BadRequest(format!(
-                        "request body not received in full within {bound:?}"
-                    ))
-                })?;
-                let bytes = collected
-                    .map_err(|e| ProxyError::BadRequest(format!("request body: {e}")))?
-                    .to_bytes();
-                Ok(bytes)
-            }
-            _ => Err(body),
-        };
-
         // One generation for the whole exchange: its client and its token belong together.
         let generation = inner.current.load_full();
         let (auth, version) = self.token(&generation).await?;
-        // The PSP's whole answer (a free connection, the head, a small body read whole)
-        // is due within `request_timeout` of here: one timer for all of it.
+        // The PSP's whole answer (a free connection, the app's small body, the head, a
+        // small body read whole) is due within `request_timeout` of here: one timer for all.
         let mut deadline = std::pin::pin!(tokio::time::sleep(inner.opts.request_timeout));
+        let reserved = self.reserve(&generation, deadline.as_mut()).await?;
+        // Buffer small bodies of known size so a 401 can be replayed; stream the rest.
+        let replayable = match body.size_hint().upper() {
+            // No body (most GETs): nothing to wait for.
+            Some(0) if body.is_end_stream() => Ok(Bytes::new()),
+            // Bounded by the deadline: an app that announces a body and never sends it all
+            // would hold its PSP connection as long as it liked.
+            Some(n) if n as usize <= inner.opts.replay_limit => {
+                let limited = Limited::new(body, inner.opts.replay_limit);
+                let collected = within(deadline.as_mut(), limited.collect())
+                    .await
+                    .ok_or_else(|| {
+                        ProxyError::BadRequest(format!(
+                            "request body not received in full within {:?}",
+                            inner.opts.request_timeout
+                        ))
+                    })?
+                    .map_err(|e| ProxyError::BadRequest(format!("request body: {e}")))?;
+                Ok(collected.to_bytes())
+            }
+            _ => Err(body),
+        };
         match replayable {
             Err(stream) => {
                 let (stream, app_body) = body::AppBody::new(stream);
+                let request = out.request(auth, Either::Right(stream));
                 let (resp, slot) = self
                     .send(
-                        &generation,
-                        out.request(auth, Either::Right(stream)),
+                        generation.client.send_on(reserved, request),
                         deadline.as_mut(),
                     )
                     .await
@@ -308,7 +314,7 @@ impl Proxy {
             }
             Ok(bytes) => {
                 let (resp, slot) = self
-                    .send_buffered(&generation, out, &auth, &bytes, deadline.as_mut())
+                    .send_buffered(&generation, out, &auth, &bytes, reserved, deadline.as_mut())
                     .await?;
                 if resp.status() != StatusCode::UNAUTHORIZED {
                     return self.relay(resp, slot, deadline).await;
@@ -355,8 +361,9 @@ impl Proxy {
         // The 401's connection (and its slot) is given up before the replay takes one.
         drop((resp, slot));
         let mut deadline = std::pin::pin!(tokio::time::sleep(inner.opts.request_timeout));
+        let reserved = self.reserve(generation, deadline.as_mut()).await?;
         let (resp, slot) = self
-            .send_buffered(generation, out, &auth, bytes, deadline.as_mut())
+            .send_buffered(generation, out, &auth, bytes, reserved, deadline.as_mut())
             .await?;
         self.relay(resp, slot, deadline).await
     }
@@ -378,26 +385,66 @@ impl Proxy {
         .ok_or(ProxyError::TokenUnavailable(inner.opts.token_wait))
     }
 
-    /// Send a buffered request. If it went to the HTTP/2 or HTTP/1.1 pool and that pool could
-    /// not get a connection because the PSP negotiated the other protocol meanwhile, nothing
-    /// was sent (a connect error is raised before any byte of the request is written): send
-    /// it once more, through the pool that now fits.
+    /// A way to the PSP for one exchange ([`UpstreamClient::reserve`]), by `deadline`. If the
+    /// HTTP/1.1 pool could not make a connection because the PSP negotiated HTTP/2 meanwhile,
+    /// take one once more, in the pool that now fits.
+    async fn reserve(
+        &self,
+        generation: &Generation,
+        mut deadline: Pin<&mut Sleep>,
+    ) -> Result<Reserved, ProxyError> {
+        let before = generation.client.protocol();
+        match self.reserving(generation, deadline.as_mut()).await {
+            Err(ProxyError::UpstreamConnect(_))
+                if before != UpstreamProtocol::Unknown
+                    && generation.client.protocol() != before =>
+            {
+                self.reserving(generation, deadline).await
+            }
+            reserved => reserved,
+        }
+    }
+
+    /// Not an `async fn`: a wait is boxed by the client, and this future only maps it.
+    fn reserving<'a>(
+        &self,
+        generation: &Generation,
+        deadline: Pin<&'a mut Sleep>,
+    ) -> impl Future<Output = Result<Reserved, ProxyError>> + use<'a> {
+        let timeout = self.inner.opts.request_timeout;
+        let reserving = within(deadline, generation.client.reserve());
+        async move {
+            match reserving.await {
+                Some(Ok(reserved)) => Ok(reserved),
+                Some(Err(e)) => Err(ProxyError::from_client(e)),
+                None => Err(ProxyError::UpstreamTimeout(timeout)),
+            }
+        }
+    }
+
+    /// Send a buffered request the way `reserved` took. If it went to the HTTP/2 pool or the
+    /// discovery pool and that pool could not get a connection because the PSP negotiated
+    /// the other protocol meanwhile, nothing was sent (a connect error is raised before any
+    /// byte of the request is written): send it once more, through the pool that now fits;
+    /// and once more too if the PSP said it did not process it.
     async fn send_buffered(
         &self,
         generation: &Generation,
         out: &Outgoing,
         auth: &HeaderValue,
         bytes: &Bytes,
+        reserved: Reserved,
         mut deadline: Pin<&mut Sleep>,
     ) -> Result<(Response<Incoming>, Slot), ProxyError> {
         let request = || out.request(auth.clone(), Either::Left(Full::new(bytes.clone())));
-        let before = generation.client.protocol();
-        match self.send(generation, request(), deadline.as_mut()).await {
+        let client = &generation.client;
+        let before = client.protocol();
+        let first = client.send_on(reserved, request());
+        match self.send(first, deadline.as_mut()).await {
             Err(ProxyError::UpstreamConnect(_))
-                if before != UpstreamProtocol::Unknown
-                    && generation.client.protocol() != before =>
+                if before != UpstreamProtocol::Unknown && client.protocol() != before =>
             {
-                self.send(generation, request(), deadline).await
+                self.send(client.send(request()), deadline).await
             }
             Err(ProxyError::UpstreamProtocol(e)) if not_processed(&e) => {
                 tracing::debug!(
@@ -406,23 +453,22 @@ impl Proxy {
                     "the PSP did not process the request; sending it again"
                 );
                 self.inner.metrics.upstream_retry();
-                self.send(generation, request(), deadline).await
+                self.send(client.send(request()), deadline).await
             }
             sent => sent,
         }
     }
 
-    /// One exchange with the PSP: a connection slot (HTTP/1.1; waiting for one if all are
-    /// busy), then the request, until the response head; both by `deadline`. Not an `async
-    /// fn`: the request goes to the client now, so the future does not keep it.
+    /// One exchange with the PSP, from the request handed to the client until the response
+    /// head, by `deadline`. Not an `async fn`: the request is already with the client, so
+    /// the future does not keep it.
     fn send<'a>(
         &self,
-        generation: &Generation,
-        req: Request<UpstreamBody>,
+        sending: Sending,
         deadline: Pin<&'a mut Sleep>,
     ) -> impl Future<Output = Result<(Response<Incoming>, Slot), ProxyError>> + use<'a> {
         let timeout = self.inner.opts.request_timeout;
-        let sending = within(deadline, generation.client.send(req));
+        let sending = within(deadline, sending);
         async move {
             match sending.await {
                 // hyper consumes 100 Continue and 103 Early Hints itself; anything else below

@@ -1,6 +1,8 @@
 //! Reading the PSP's bodies over the HTTP/1.1 pool: small bodies read whole (a cut or a
 //! stall is a problem, not a truncated 200), bodies at the limit and without a length
 //! passed byte-exact, and a paused body without a length streamed while it holds its slot.
+//! And the app's small bodies, read once their request has its connection: a body the app
+//! breaks off or never finishes gives that connection back unused.
 
 use std::time::Duration;
 
@@ -164,5 +166,56 @@ async fn a_paused_body_without_a_length_streams_what_came_and_holds_its_slot() {
     );
     let after = get(&s.sidecar.url("/echo/after")).await;
     assert_eq!(after.status, 200);
+    assert_eq!(waits(&s.sidecar).await, 0);
+}
+
+/// An app's POST to `/echo/{name}` announcing 100 bytes of body and sending 10, on a raw
+/// connection kept open (`close`: then closed), and the sidecar's answer to it.
+async fn short_body(sidecar: &Running, name: &str, close: bool) -> raw::RawResponse {
+    use tokio::io::AsyncWriteExt as _;
+    let mut tcp = raw::connect(sidecar.addr).await;
+    let head =
+        format!("POST /echo/{name} HTTP/1.1\r\nhost: app\r\ncontent-length: 100\r\n\r\n0123456789");
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    if close {
+        tcp.shutdown().await.unwrap();
+    }
+    let (responses, _) = raw::read_final(&mut tcp, Duration::from_secs(10)).await;
+    responses
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("{name}: no answer to a short body"))
+}
+
+/// The connection a request took before reading its small body goes back to the pool when
+/// that body never arrives whole: the app stops sending (the request timeout passes) or
+/// breaks the connection off. Nothing was written on it, so it is neither closed nor
+/// counted against the single slot: the next request rides the same connection.
+#[tokio::test]
+async fn a_connection_taken_for_a_body_the_app_never_finishes_goes_back_to_the_pool() {
+    let s = one_slot(&["--request-timeout", "1s"]).await;
+    super::echo(&s.sidecar, "warm").await;
+    assert_eq!(s.psp.connections(), (1, 0));
+
+    let stalled = short_body(&s.sidecar, "stalled", false).await;
+    assert_eq!(stalled.status, 400, "{}", stalled.body_text());
+    assert_eq!(stalled.problem().as_deref(), Some("bad-request"));
+    assert!(
+        stalled.body_text().contains("not received in full"),
+        "{}",
+        stalled.body_text()
+    );
+    let cut = short_body(&s.sidecar, "cut", true).await;
+    assert_eq!(cut.status, 400, "{}", cut.body_text());
+    assert_eq!(cut.problem().as_deref(), Some("bad-request"));
+
+    super::echo(&s.sidecar, "after").await;
+    assert_eq!(s.psp.requests(), 2, "neither short body reached the PSP");
+    assert_eq!(
+        s.psp.connections(),
+        (1, 0),
+        "the connection taken for each short body went back to the pool"
+    );
+    assert_eq!(s.psp.open_connections(), 1);
     assert_eq!(waits(&s.sidecar).await, 0);
 }
