@@ -98,7 +98,8 @@
 # UP_READ_BODY (1: the upstream reads each request body before answering; 0: it answers
 # at once and nginx discards the body),
 # BUILD (pgo; plain: no profile-guided build, when PROXY_BIN is unset),
-# PROFILE_SECS (8) PROFILE_WARMUP (3) PROFILE_CONNS (4) (profile mode: counted after the
+# PROFILE_SECS (8) PROFILE_WARMUP (3) PROFILE_CONNS (4) PROFILE_BODY_BYTES (0: GETs; N: POSTs
+# of N bytes) (profile mode: counted after the
 # warm-up, so connection set-up is left out), TOKEN_TTL (300), PROXY_BIN, ENVOY_BIN, OHA_BIN, PYTHON (python3), BENCH_WORKDIR (default:
 # mktemp under /tmp). soak and profile use the first mode of UP_PROTOS only.
 # Only 127.0.0.1 is bound; on exit only the PIDs this script started are stopped.
@@ -984,12 +985,18 @@ callgrind_run() { # TARGET BIN NAME LOAD(0|1) -> prints "instructions requests"
     # the steady cost of a request, not of connection set-up. Under valgrind a TLS handshake
     # costs tens of millions of instructions (aws-lc's jitter entropy source loops on the
     # slowed clock), so the few extra connections HTTP/1.1 opens would swamp the count.
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$PROFILE_CONNS" -d"${PROFILE_WARMUP}s" --timeout 10s \
-        "http://127.0.0.1:${PORT[$t]}/" >"$WORK/logs/$name-warmup.log" 2>&1 || die "warm-up failed on $t"
+    # GETs on /, or with PROFILE_BODY_BYTES POSTs of that many bytes (bench/wrk.lua).
+    local shape=()
+    if ((PROFILE_BODY_BYTES > 0)); then
+        shape=(env BENCH_METHOD=POST BENCH_PATH=/ "BENCH_BODY_BYTES=$PROFILE_BODY_BYTES")
+    fi
+    taskset -c "$LOAD_CPU" "${shape[@]}" wrk -t1 -c"$PROFILE_CONNS" -d"${PROFILE_WARMUP}s" --timeout 10s \
+        ${shape:+-s "$BENCH_DIR/wrk.lua"} "http://127.0.0.1:${PORT[$t]}/" >"$WORK/logs/$name-warmup.log" 2>&1 ||
+        die "warm-up failed on $t"
     callgrind_control -z "$pid" >/dev/null || die "callgrind_control -z $pid failed"
     if ((load)); then
-        wrk_out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$PROFILE_CONNS" -d"${PROFILE_SECS}s" --timeout 10s \
-            "http://127.0.0.1:${PORT[$t]}/" 2>&1) || die "wrk failed on $t: $wrk_out"
+        wrk_out=$(taskset -c "$LOAD_CPU" "${shape[@]}" wrk -t1 -c"$PROFILE_CONNS" -d"${PROFILE_SECS}s" --timeout 10s \
+            ${shape:+-s "$BENCH_DIR/wrk.lua"} "http://127.0.0.1:${PORT[$t]}/" 2>&1) || die "wrk failed on $t: $wrk_out"
         echo "$wrk_out" >"$WORK/logs/$name-wrk.log"
         reqs=$(awk '/requests in/{print $1; exit}' <<<"$wrk_out")
     else
@@ -1004,12 +1011,12 @@ callgrind_run() { # TARGET BIN NAME LOAD(0|1) -> prints "instructions requests"
 
 run_profile() {
     command -v valgrind >/dev/null || die "profile needs valgrind (apt package valgrind)"
-    : "${PROFILE_SECS:=8}" "${PROFILE_WARMUP:=3}" "${PROFILE_CONNS:=4}"
+    : "${PROFILE_SECS:=8}" "${PROFILE_WARMUP:=3}" "${PROFILE_CONNS:=4}" "${PROFILE_BODY_BYTES:=0}"
     local spec label bin t idle loaded reqs
     {
         echo "## pix-auth-proxy profile ($(date -u +%Y-%m-%dT%H:%MZ))"
         echo
-        echo "callgrind, counted after a ${PROFILE_WARMUP} s warm-up: wrk -t1 -c${PROFILE_CONNS} -d${PROFILE_SECS}s on / (idle: the same warm-up, then ${PROFILE_SECS} s without load); per request = (loaded − idle) ÷ requests; TOKIO_WORKER_THREADS=1 ${PIX_WORKER_ARGS[*]}"
+        echo "callgrind, counted after a ${PROFILE_WARMUP} s warm-up: wrk -t1 -c${PROFILE_CONNS} -d${PROFILE_SECS}s on / ($( ((PROFILE_BODY_BYTES > 0)) && echo "POST, ${PROFILE_BODY_BYTES}-byte body" || echo GET)) (idle: the same warm-up, then ${PROFILE_SECS} s without load); per request = (loaded − idle) ÷ requests; TOKIO_WORKER_THREADS=1 ${PIX_WORKER_ARGS[*]}"
         echo
         echo "| binary | target | instructions per request | requests | loaded total | idle total |"
         echo "|---|---|---:|---:|---:|---:|"
