@@ -79,7 +79,7 @@
 # each table a summary per scenario: the best peer (highest median req/s) and pix / pix-h1
 # with req/s, p99, CPU µs/req, peak RSS (medians), errors (sum), upstream connections, and
 # MISSED where ours is below 1.00× the best peer, has a higher p99 or CPU µs/req than the
-# best peer, has errors, or (c256) a peak RSS above 20 MiB.
+# best peer, has errors, or (c256, p256: 256 app connections) a peak RSS above 20 MiB.
 #
 # Run time: ~ per mode 5 s + REPS × scenarios × (4 s + targets × (WARMUP + DURATION + 0.5 s)),
 # hog pass included (+0.4 s per hog run): with the defaults and 5 targets, 2 modes × 4
