@@ -9,6 +9,7 @@
 pub mod body;
 mod deadline;
 mod error;
+mod extras;
 pub mod problem;
 pub mod response;
 pub mod rewrite;
@@ -48,37 +49,6 @@ pub type Slot = crate::client::Slot<UpstreamBody>;
 pub type Reserved = crate::client::Reserved<UpstreamBody>;
 /// An exchange handed to the client, until the PSP's response head.
 pub type Sending = crate::client::Sending<UpstreamBody>;
-
-impl ApiExtras {
-    /// `name=value`, form-encoded, to append to every query string.
-    pub(crate) fn query_suffix(&self) -> Option<String> {
-        use secrecy::ExposeSecret;
-        self.query.as_ref().map(|(k, v)| {
-            let mut out = String::with_capacity(k.len() + v.expose_secret().len() + 8);
-            out.extend(form_urlencoded::byte_serialize(k.as_bytes()));
-            out.push('=');
-            out.extend(form_urlencoded::byte_serialize(
-                v.expose_secret().as_bytes(),
-            ));
-            out
-        })
-    }
-
-    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
-        if let Some(name) = &self.correlation_id {
-            if !headers.contains_key(name) {
-                let id = uuid::Uuid::new_v4();
-                let mut buf = uuid::Uuid::encode_buffer();
-                if let Ok(v) = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)) {
-                    headers.insert(name.clone(), v);
-                }
-            }
-        }
-        for (k, v) in &self.headers {
-            headers.insert(k.clone(), v.clone());
-        }
-    }
-}
 
 /// The proxy service. Cheap to clone (one `Arc`).
 #[derive(Clone)]
