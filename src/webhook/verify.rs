@@ -139,27 +139,31 @@ impl Verifier {
             };
             self.extras.apply(req.headers_mut());
             req.headers_mut().insert(header::AUTHORIZATION, auth);
-            // `_slot` keeps an HTTP/1.1 connection slot until the answer is read.
-            let Ok((resp, _slot)) = generation.client.send(req).await else {
+            // `slot` keeps an HTTP/1.1 connection until the answer is read; read whole, it
+            // goes back to the pool (dropped before that, the connection is closed).
+            let Ok((resp, mut slot)) = generation.client.send(req).await else {
                 return Lookup::Failed;
             };
             let status = resp.status();
-            if status == StatusCode::NOT_FOUND {
-                return Lookup::NotFound;
+            // Every answer is read to its end (within the time bound), a 404's too.
+            let body = Limited::new(resp.into_body(), MAX_ANSWER).collect().await;
+            if body.is_ok() {
+                slot.finished();
             }
-            if status != StatusCode::OK {
-                tracing::info!(
-                    event = "webhook_verify_lookup_failed",
-                    status = status.as_u16(),
-                    "the PSP did not answer a Pix lookup"
-                );
-                return Lookup::Failed;
-            }
-            match Limited::new(resp.into_body(), MAX_ANSWER).collect().await {
-                Ok(body) => serde_json::from_slice(&body.to_bytes())
+            match (status, body) {
+                (StatusCode::OK, Ok(body)) => serde_json::from_slice(&body.to_bytes())
                     .map(Lookup::Found)
                     .unwrap_or(Lookup::NotFound),
-                Err(_) => Lookup::Failed,
+                (StatusCode::OK, Err(_)) => Lookup::Failed,
+                (StatusCode::NOT_FOUND, _) => Lookup::NotFound,
+                (status, _) => {
+                    tracing::info!(
+                        event = "webhook_verify_lookup_failed",
+                        status = status.as_u16(),
+                        "the PSP did not answer a Pix lookup"
+                    );
+                    Lookup::Failed
+                }
             }
         };
         tokio::time::timeout(self.timeout, work)

@@ -175,6 +175,54 @@ async fn verify_marks_known_pix_true_unknown_false_and_require_drops_the_unknown
     );
 }
 
+/// Over an HTTP/1.1 PSP, each lookup reads the PSP's answer to its end, a 404's included,
+/// and hands its connection back: a run of verified notifications rides one connection
+/// instead of opening (and handshaking) a new one per lookup.
+#[tokio::test]
+async fn verify_lookups_over_http1_reuse_one_psp_connection() {
+    let settings = pix_auth_proxy::sandbox::PspSettings {
+        pix_api: true,
+        ..Default::default()
+    };
+    let (env, hooks, app, sidecar) = setup_with(
+        Env::with(settings).await,
+        &["--webhook-verify", "on", "--upstream-http1-only"],
+    )
+    .await;
+    sidecar.ready().await;
+    let e2e = env.psp.record_pix("txid0000000000000000000000002", "12.34");
+    let known = format!(
+        r#"{{"pix":[{{"endToEndId":"{e2e}","txid":"txid0000000000000000000000002","valor":"12.34"}}]}}"#
+    );
+    let addr = sidecar.webhook.unwrap();
+    // The first lookup opens the API connection (the token's came before).
+    let first = post(addr, hooks.psp_client(), "/pix", &[], &known);
+    assert_eq!(first.await.unwrap().got.status, 200);
+    let warm = env.psp.connections();
+    assert_eq!(warm.1, 0, "HTTP/1.1 only");
+    let wrong_amount = known.replace("12.34", "1.00");
+    for body in [known.as_str(), BODY, wrong_amount.as_str(), known.as_str()] {
+        let called = post(addr, hooks.psp_client(), "/pix", &[], body);
+        assert_eq!(called.await.unwrap().got.status, 200);
+    }
+    let verdicts: Vec<String> = app
+        .seen()
+        .iter()
+        .map(|r| {
+            r.headers["x-pix-webhook-verified"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(verdicts, ["true", "true", "false", "false", "true"]);
+    assert_eq!(
+        env.psp.connections(),
+        warm,
+        "four more lookups (200s and a 404) opened no PSP connection"
+    );
+}
+
 #[tokio::test]
 async fn url_secret_variant_forwards_without_the_secret_and_refuses_a_wrong_or_missing_one() {
     let env = Env::new().await;
