@@ -12,14 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri, Version, header};
+use http::{Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
 use serde_json::Value;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::{Instant, timeout_at};
 
 use crate::config::ApiExtras;
 use crate::generation::Current;
-use crate::proxy::UpstreamTarget;
+use crate::proxy::{Slot, UpstreamTarget};
 
 /// PSP lookups in flight at once, over every notification.
 const MAX_LOOKUPS: usize = 8;
@@ -116,59 +118,63 @@ impl Verifier {
     }
 
     async fn lookup(&self, e2e: &str) -> Lookup {
-        let work = async {
-            let Ok(_permit) = self.permits.acquire().await else {
-                return Lookup::Failed;
-            };
-            let generation = self.current.load_full();
-            let Some((auth, _)) = generation.cell.wait_usable(0, self.timeout).await else {
-                return Lookup::Failed;
-            };
-            let Ok(path) = format!("/pix/{e2e}").parse::<Uri>() else {
-                return Lookup::Failed;
-            };
-            let suffix = self.extras.query_suffix();
-            let Ok(uri) = self.target.uri_for(&path, suffix.as_deref()) else {
-                return Lookup::Failed;
-            };
-            let Ok(mut req) = Request::get(uri)
-                .version(Version::HTTP_11)
-                .body(Either::Left(Full::new(Bytes::new())))
-            else {
-                return Lookup::Failed;
-            };
-            self.extras.apply(req.headers_mut());
-            req.headers_mut().insert(header::AUTHORIZATION, auth);
-            // `slot` keeps an HTTP/1.1 connection until the answer is read; read whole, it
-            // goes back to the pool (dropped before that, the connection is closed).
-            let Ok((resp, mut slot)) = generation.client.send(req).await else {
-                return Lookup::Failed;
-            };
-            let status = resp.status();
-            // Every answer is read to its end (within the time bound), a 404's too.
-            let body = Limited::new(resp.into_body(), MAX_ANSWER).collect().await;
-            if body.is_ok() {
-                slot.finished();
-            }
-            match (status, body) {
-                (StatusCode::OK, Ok(body)) => serde_json::from_slice(&body.to_bytes())
-                    .map(Lookup::Found)
-                    .unwrap_or(Lookup::NotFound),
-                (StatusCode::OK, Err(_)) => Lookup::Failed,
-                (StatusCode::NOT_FOUND, _) => Lookup::NotFound,
-                (status, _) => {
-                    tracing::info!(
-                        event = "webhook_verify_lookup_failed",
-                        status = status.as_u16(),
-                        "the PSP did not answer a Pix lookup"
-                    );
-                    Lookup::Failed
-                }
+        let deadline = Instant::now() + self.timeout;
+        let Ok(Some((resp, mut slot, _permit))) = timeout_at(deadline, self.ask(e2e)).await else {
+            return Lookup::Failed;
+        };
+        let status = resp.status();
+        let verdict = match status {
+            StatusCode::OK => None,
+            StatusCode::NOT_FOUND => Some(Lookup::NotFound),
+            status => {
+                tracing::info!(
+                    event = "webhook_verify_lookup_failed",
+                    status = status.as_u16(),
+                    "the PSP did not answer a Pix lookup"
+                );
+                Some(Lookup::Failed)
             }
         };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .unwrap_or(Lookup::Failed)
+        // Every answer is read to its end within the same bound, so that its HTTP/1.1
+        // connection serves the next lookup (dropped before that, the slot closes it). A
+        // 404's or an error's body that breaks or stalls costs only that connection: the
+        // status has given the verdict.
+        let body = timeout_at(
+            deadline,
+            Limited::new(resp.into_body(), MAX_ANSWER).collect(),
+        );
+        let record = match body.await {
+            Ok(Ok(body)) => {
+                slot.finished();
+                Some(body.to_bytes())
+            }
+            _ => None,
+        };
+        verdict.unwrap_or_else(|| match record {
+            Some(record) => serde_json::from_slice(&record)
+                .map(Lookup::Found)
+                .unwrap_or(Lookup::NotFound),
+            None => Lookup::Failed,
+        })
+    }
+
+    /// `GET /pix/{e2e}` through the current generation: the PSP's answer head, the slot its
+    /// HTTP/1.1 connection is held by, and the lookup permit; `None` if it could not be asked.
+    async fn ask(&self, e2e: &str) -> Option<(Response<Incoming>, Slot, SemaphorePermit<'_>)> {
+        let permit = self.permits.acquire().await.ok()?;
+        let generation = self.current.load_full();
+        let (auth, _) = generation.cell.wait_usable(0, self.timeout).await?;
+        let path = format!("/pix/{e2e}").parse::<Uri>().ok()?;
+        let suffix = self.extras.query_suffix();
+        let uri = self.target.uri_for(&path, suffix.as_deref()).ok()?;
+        let mut req = Request::get(uri)
+            .version(Version::HTTP_11)
+            .body(Either::Left(Full::new(Bytes::new())))
+            .ok()?;
+        self.extras.apply(req.headers_mut());
+        req.headers_mut().insert(header::AUTHORIZATION, auth);
+        let (resp, slot) = generation.client.send(req).await.ok()?;
+        Some((resp, slot, permit))
     }
 }
 

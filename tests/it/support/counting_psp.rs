@@ -14,6 +14,8 @@
 //! - `/chunked/N`, `/gated-chunked/N`: as `/bytes/N`, `/gated/N`, without a length
 //!   (HTTP/1.1: chunked);
 //! - `/gated/N`: `200`, `Content-Length: N`, the first [`GATE_AT`] bytes at once, the rest
+//!   only after [`CountingPsp::open_gate`];
+//! - `/stalled-404/...`: `404`, `Content-Length: 64`, the first 16 bytes at once, the rest
 //!   only after [`CountingPsp::open_gate`].
 
 use std::convert::Infallible;
@@ -306,30 +308,33 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Tracked> 
         path.strip_prefix(prefix)
             .and_then(|n| n.parse::<usize>().ok())
     };
-    let (status, content_type, body, gated) = if path.starts_with("/echo/") {
+    // `gate_at`: the bytes sent before the gate.
+    let (status, content_type, body, gate_at) = if path.starts_with("/echo/") {
         (
             StatusCode::OK,
             "text/plain",
             path.clone().into_bytes(),
-            false,
+            None,
         )
     } else if let Some(n) = number("/bytes/") {
+        (StatusCode::OK, "application/octet-stream", pattern(n), None)
+    } else if path == "/status/204" {
+        (StatusCode::NO_CONTENT, "text/plain", Vec::new(), None)
+    } else if let Some(n) = number("/gated/") {
         (
             StatusCode::OK,
             "application/octet-stream",
             pattern(n),
-            false,
+            Some(GATE_AT),
         )
-    } else if path == "/status/204" {
-        (StatusCode::NO_CONTENT, "text/plain", Vec::new(), false)
-    } else if let Some(n) = number("/gated/") {
-        (StatusCode::OK, "application/octet-stream", pattern(n), true)
+    } else if path.starts_with("/stalled-404/") {
+        (StatusCode::NOT_FOUND, "text/plain", pattern(64), Some(16))
     } else {
         (
             StatusCode::NOT_FOUND,
             "text/plain",
             b"no route".to_vec(),
-            false,
+            None,
         )
     };
     let len = body.len();
@@ -346,7 +351,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Tracked> 
     let body = Bytes::from(body);
     if sent > 0 {
         tokio::spawn(async move {
-            let split = if gated { GATE_AT.min(sent) } else { sent };
+            let split = gate_at.map_or(sent, |at| at.min(sent));
             for piece in body.slice(..split).chunks(16 * 1024) {
                 if tx.send(Bytes::copy_from_slice(piece)).await.is_err() {
                     return;

@@ -12,6 +12,8 @@ use crate::support::webhook::{App, Called, Hooks, post};
 use crate::support::*;
 
 pub const BODY: &str = r#"{"pix":[{"endToEndId":"E00000000202612011200abcdefghijk","txid":"abc","valor":"10.00","horario":"2026-12-01T12:00:00Z"}]}"#;
+/// The `endToEndId` of [`BODY`].
+pub const E2E: &str = "E00000000202612011200abcdefghijk";
 
 /// An env, its webhook certificates, an app and a sidecar forwarding to it.
 pub async fn setup(extra: &[&str]) -> (Env, Hooks, App, Running) {

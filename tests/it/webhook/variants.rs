@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{BODY, psp_post, setup, setup_with, webhook_metric};
+use super::{BODY, E2E, psp_post, setup, setup_with, webhook_metric};
+use crate::support::counting_psp::{CountingPsp, Event};
 use crate::support::webhook::{App, Hooks, post};
 use crate::support::*;
 
@@ -91,15 +92,20 @@ async fn server_certificate_swapped_the_kubernetes_way_under_load_loses_no_call(
     );
 }
 
-#[tokio::test]
-async fn verify_marks_known_pix_true_unknown_false_and_require_drops_the_unknown() {
+/// A sidecar (ready) verifying against the mock PSP's Pix API, with `extra` flags.
+async fn setup_pix_api(extra: &[&str]) -> (Env, Hooks, App, Running) {
     let settings = pix_auth_proxy::sandbox::PspSettings {
         pix_api: true,
         ..Default::default()
     };
-    let (env, hooks, app, sidecar) =
-        setup_with(Env::with(settings).await, &["--webhook-verify", "on"]).await;
+    let (env, hooks, app, sidecar) = setup_with(Env::with(settings).await, extra).await;
     sidecar.ready().await;
+    (env, hooks, app, sidecar)
+}
+
+#[tokio::test]
+async fn verify_marks_known_pix_true_unknown_false_and_require_drops_the_unknown() {
+    let (env, hooks, app, sidecar) = setup_pix_api(&["--webhook-verify", "on"]).await;
     let e2e = env.psp.record_pix("txid0000000000000000000000001", "10.00");
     let known = format!(
         r#"{{"pix":[{{"endToEndId":"{e2e}","txid":"txid0000000000000000000000001","valor":"10.00"}}]}}"#
@@ -180,16 +186,8 @@ async fn verify_marks_known_pix_true_unknown_false_and_require_drops_the_unknown
 /// instead of opening (and handshaking) a new one per lookup.
 #[tokio::test]
 async fn verify_lookups_over_http1_reuse_one_psp_connection() {
-    let settings = pix_auth_proxy::sandbox::PspSettings {
-        pix_api: true,
-        ..Default::default()
-    };
-    let (env, hooks, app, sidecar) = setup_with(
-        Env::with(settings).await,
-        &["--webhook-verify", "on", "--upstream-http1-only"],
-    )
-    .await;
-    sidecar.ready().await;
+    let (env, hooks, app, sidecar) =
+        setup_pix_api(&["--webhook-verify", "on", "--upstream-http1-only"]).await;
     let e2e = env.psp.record_pix("txid0000000000000000000000002", "12.34");
     let known = format!(
         r#"{{"pix":[{{"endToEndId":"{e2e}","txid":"txid0000000000000000000000002","valor":"12.34"}}]}}"#
@@ -220,6 +218,41 @@ async fn verify_lookups_over_http1_reuse_one_psp_connection() {
         env.psp.connections(),
         warm,
         "four more lookups (200s and a 404) opened no PSP connection"
+    );
+}
+
+/// The status gives a lookup its verdict; reading the body after it only keeps the
+/// connection. A PSP that answers 404 and then stalls the body still refutes the Pix: under
+/// `require` the notification is dropped with a 200, not answered 503 as if the PSP could
+/// not be asked.
+#[tokio::test]
+async fn a_404_whose_body_stalls_still_refutes_the_pix() {
+    let env = Env::new().await;
+    let psp = CountingPsp::start(&env.pki, &env.pki.server().unwrap(), false).await;
+    let upstream = format!("{}/stalled-404", psp.url());
+    let extra = [
+        "--webhook-verify",
+        "require",
+        "--webhook-timeout",
+        "1s",
+        "--upstream",
+        upstream.as_str(),
+    ];
+    let (_env, hooks, app, sidecar) = setup_with(env, &extra).await;
+    sidecar.ready().await;
+    let called = psp_post(&hooks, &sidecar, "/pix", &[]).await;
+    assert_eq!(
+        called.got.status, 200,
+        "refuted (dropped with 200), not unknown (503)"
+    );
+    assert!(app.seen().is_empty(), "a refuted Pix never reaches the app");
+    assert_eq!(
+        psp.events(),
+        [
+            Event::Start(format!("/stalled-404/pix/{E2E}")),
+            Event::End(format!("/stalled-404/pix/{E2E}"))
+        ],
+        "one lookup, its stalled body given up at the deadline"
     );
 }
 
@@ -299,16 +332,8 @@ async fn a_caller_outside_the_allowed_networks_gets_403() {
 
 #[tokio::test]
 async fn require_answers_503_when_the_psp_cannot_be_asked_so_the_notification_comes_again() {
-    let settings = pix_auth_proxy::sandbox::PspSettings {
-        pix_api: true,
-        ..Default::default()
-    };
-    let (env, hooks, app, sidecar) = setup_with(
-        Env::with(settings).await,
-        &["--webhook-verify", "require", "--webhook-timeout", "300ms"],
-    )
-    .await;
-    sidecar.ready().await;
+    let (env, hooks, app, sidecar) =
+        setup_pix_api(&["--webhook-verify", "require", "--webhook-timeout", "300ms"]).await;
     let e2e = env.psp.record_pix("txid0000000000000000000000002", "1.00");
     let known = format!(
         r#"{{"pix":[{{"endToEndId":"{e2e}","txid":"txid0000000000000000000000002","valor":"1.00"}}]}}"#
