@@ -4,8 +4,10 @@
 //! Owns: the accept loop, per-connection protocol settings (HTTP/1.1, and h2c with prior
 //! knowledge), each connection's bounds ([`watchdog`]: a first request within the header
 //! read timeout, an idle limit), and graceful shutdown (stop accepting, let in-flight
-//! requests finish up to a deadline).
+//! requests finish up to a deadline), and handing the core back to the kernel on time while
+//! requests keep it busy ([`slice`]).
 
+pub mod slice;
 pub mod watchdog;
 
 use std::convert::Infallible;
@@ -218,6 +220,7 @@ where
     // handler's future twice (as captured value and as awaitee) in the allocation every
     // connection keeps for its in-flight request.
     service_fn(move |req| {
+        slice::checkpoint();
         let in_flight = requests.request();
         handler(req).map(move |resp| {
             drop(in_flight);
