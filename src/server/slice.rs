@@ -31,46 +31,26 @@ use rustix::time::{ClockId, DynamicClockId, clock_gettime_dynamic};
 pub const EVERY: Duration = Duration::from_micros(250);
 
 thread_local! {
-    static LAST: Cell<Due> = const { Cell::new(Due::new(EVERY)) };
+    /// When this thread last let the kernel account it.
+    static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// Let the kernel account this thread's CPU time if it has not done so for [`EVERY`].
 pub fn checkpoint() {
     let now = Instant::now();
-    LAST.with(|cell| {
-        let mut due = cell.get();
-        if due.check(now) {
+    LAST.with(|last| {
+        if due(last.get(), now) {
+            last.set(Some(now));
             // The value is not needed: reading the clock is what makes the kernel look. An
             // error (a sandbox refusing the call) only means the kernel looks at its tick.
-            let clock = DynamicClockId::Known(ClockId::ThreadCPUTime);
-            let _ = std::hint::black_box(clock_gettime_dynamic(clock));
+            let _ = clock_gettime_dynamic(DynamicClockId::Known(ClockId::ThreadCPUTime));
         }
-        cell.set(due);
     });
 }
 
-/// When the next checkpoint is due: at most one per `every`.
-#[derive(Clone, Copy, Debug)]
-struct Due {
-    every: Duration,
-    last: Option<Instant>,
-}
-
-impl Due {
-    const fn new(every: Duration) -> Self {
-        Self { every, last: None }
-    }
-
-    /// Whether a checkpoint is due at `now`; if so, the next one is `every` later.
-    fn check(&mut self, now: Instant) -> bool {
-        let due = self
-            .last
-            .is_none_or(|last| now.saturating_duration_since(last) >= self.every);
-        if due {
-            self.last = Some(now);
-        }
-        due
-    }
+/// Whether a checkpoint is due at `now`, the last one having been at `last`.
+fn due(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|last| now.saturating_duration_since(last) >= EVERY)
 }
 
 #[cfg(test)]
@@ -80,20 +60,43 @@ mod tests {
     #[test]
     fn one_checkpoint_per_interval() {
         let t0 = Instant::now();
-        let mut due = Due::new(EVERY);
-        assert!(due.check(t0), "the first request checks");
+        assert!(due(None, t0), "the first request checks");
         assert!(
-            !due.check(t0),
+            !due(Some(t0), t0),
             "a second request at the same instant does not"
         );
-        assert!(!due.check(t0 + EVERY / 2));
-        assert!(due.check(t0 + EVERY), "one interval after the last check");
-        assert!(!due.check(t0 + EVERY + EVERY / 2));
+        assert!(!due(Some(t0), t0 + EVERY / 2));
         assert!(
-            due.check(t0 + 3 * EVERY),
+            due(Some(t0), t0 + EVERY),
+            "one interval after the last check"
+        );
+        assert!(!due(Some(t0 + EVERY), t0 + EVERY + EVERY / 2));
+        assert!(
+            due(Some(t0), t0 + 3 * EVERY),
             "after a quiet spell, the next request checks"
         );
         // An instant before the last check never makes it due.
-        assert!(!due.check(t0));
+        assert!(!due(Some(t0 + EVERY), t0));
+    }
+
+    #[test]
+    fn checkpoint_records_when_it_read_the_clock() {
+        // A fresh thread: its first request reads the clock and records the instant, which
+        // the next request's `due` is measured from.
+        std::thread::spawn(|| {
+            assert_eq!(LAST.with(Cell::get), None);
+            let before = Instant::now();
+            checkpoint();
+            let after = Instant::now();
+            let last = LAST
+                .with(Cell::get)
+                .expect("the first checkpoint is recorded");
+            assert!(
+                before <= last && last <= after,
+                "{before:?} <= {last:?} <= {after:?}"
+            );
+        })
+        .join()
+        .unwrap();
     }
 }
