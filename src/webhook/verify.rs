@@ -123,22 +123,10 @@ impl Verifier {
             return Lookup::Failed;
         };
         let status = resp.status();
-        let verdict = match status {
-            StatusCode::OK => None,
-            StatusCode::NOT_FOUND => Some(Lookup::NotFound),
-            status => {
-                tracing::info!(
-                    event = "webhook_verify_lookup_failed",
-                    status = status.as_u16(),
-                    "the PSP did not answer a Pix lookup"
-                );
-                Some(Lookup::Failed)
-            }
-        };
         // Every answer is read to its end within the same bound, so that its HTTP/1.1
         // connection serves the next lookup (dropped before that, the slot closes it). A
         // 404's or an error's body that breaks or stalls costs only that connection: the
-        // status has given the verdict.
+        // status gives the verdict.
         let body = timeout_at(
             deadline,
             Limited::new(resp.into_body(), MAX_ANSWER).collect(),
@@ -150,12 +138,21 @@ impl Verifier {
             }
             _ => None,
         };
-        verdict.unwrap_or_else(|| match record {
-            Some(record) => serde_json::from_slice(&record)
+        match (status, record) {
+            (StatusCode::OK, Some(record)) => serde_json::from_slice(&record)
                 .map(Lookup::Found)
                 .unwrap_or(Lookup::NotFound),
-            None => Lookup::Failed,
-        })
+            (StatusCode::OK, None) => Lookup::Failed,
+            (StatusCode::NOT_FOUND, _) => Lookup::NotFound,
+            (status, _) => {
+                tracing::info!(
+                    event = "webhook_verify_lookup_failed",
+                    status = status.as_u16(),
+                    "the PSP did not answer a Pix lookup"
+                );
+                Lookup::Failed
+            }
+        }
     }
 
     /// `GET /pix/{e2e}` through the current generation: the PSP's answer head, the slot its
