@@ -246,6 +246,9 @@ async fn a_404_whose_body_stalls_still_refutes_the_pix() {
         "refuted (dropped with 200), not unknown (503)"
     );
     assert!(app.seen().is_empty(), "a refuted Pix never reaches the app");
+    // The PSP sees the abandoned exchange end once the sidecar's close reaches it, which
+    // may come after the sidecar's answer to the webhook call.
+    eventually(Duration::from_secs(5), || psp.events().len() >= 2).await;
     assert_eq!(
         psp.events(),
         [
