@@ -249,6 +249,13 @@ def group_table(proto, hog_pct, g, peers, scen_label, hog_scen_label, conns_high
                 ratios.append(rps / max(best))
         return statistics.median(ratios) if ratios else None
 
+    def p99_pairs(s, t, bp):
+        """(repetitions where t's p99 was at or below bp's in that same repetition, repetitions)."""
+        theirs = {x["rep"]: x["p99"] for x in runs.get((s, bp), []) if x["p99"] is not None}
+        pairs = [(x["p99"], theirs[x["rep"]]) for x in runs.get((s, t), [])
+                 if x["p99"] is not None and x["rep"] in theirs]
+        return sum(1 for a, b in pairs if a <= b), len(pairs)
+
     if hog_pct:
         print(f"### {title}: interference pass, ~{hog_pct} % CPU hog on the proxy core (core {proxy_cpu})")
         print()
@@ -345,7 +352,9 @@ def group_table(proto, hog_pct, g, peers, scen_label, hog_scen_label, conns_high
                 miss.append(f"peak RSS {hwm:.1f} > {RSS_TARGET_MIB:.0f} MiB")
             verdict = ("**MISSED**: " + "; ".join(miss)) if miss else "ok"
             ratio = "—" if r is None else f"{r:.2f}×"
-            print(f"  - {short_label(t, proto)}: {ratio} best peer (paired), {stats(t)} — {verdict}")
+            won, n = p99_pairs(s, t, bp)
+            print(f"  - {short_label(t, proto)}: {ratio} best peer (paired), {stats(t)}, "
+                  f"p99 at or below the best peer's in {won} of {n} repetitions — {verdict}")
             for m in miss:
                 misses.append(f"{title}{f' + ~{hog_pct} % hog' if hog_pct else ''} / {label(s)} / "
                               f"{short_label(t, proto)}: {m}")
