@@ -10,6 +10,7 @@ use pix_auth_proxy::cli::{
 };
 use pix_auth_proxy::config::{Config, SecretEnv};
 use pix_auth_proxy::demo::{Demo, DemoOptions};
+use pix_auth_proxy::server::slice;
 use pix_auth_proxy::sidecar::Sidecar;
 use pix_auth_proxy::telemetry::LogFormat;
 use secrecy::SecretString;
@@ -45,7 +46,8 @@ fn init_logs(format: LogFormat, flag: Option<&str>) -> Result<(), ExitCode> {
 
 /// The runtime: single-threaded when one worker is all this process may use (a sidecar
 /// with a 1-CPU limit), which saves the work-stealing scheduler's cost on every wake-up.
-fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
+/// With `slice`, every thread that runs it asks the kernel for that scheduler slice.
+fn runtime(workers: usize, slice: Option<Duration>) -> Result<tokio::runtime::Runtime, ExitCode> {
     let workers = match workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -57,10 +59,43 @@ fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
         b.worker_threads(workers);
         b
     };
+    if let Some(slice) = slice {
+        // A multi-threaded runtime's threads ask as they start; the main thread, which runs a
+        // single-threaded one, asks in `run` and says what came of it.
+        builder.on_thread_start(move || {
+            let _ = slice::request_slice(slice);
+        });
+    }
     builder.enable_all().build().map_err(|e| {
         eprintln!("error: cannot start the runtime: {e}");
         ExitCode::FAILURE
     })
+}
+
+/// Say once what asking for the scheduler slice did; a refusal is not fatal.
+fn log_slice(slice: Duration, outcome: std::io::Result<slice::SliceOutcome>) {
+    let slice_us = slice.as_micros();
+    match outcome {
+        Ok(slice::SliceOutcome::Granted) => {
+            tracing::info!(event = "sched_slice", slice_us, "scheduler slice set");
+        }
+        Ok(slice::SliceOutcome::Unsupported) => tracing::warn!(
+            event = "sched_slice_unsupported",
+            slice_us,
+            "this kernel has no custom scheduler slices (Linux 6.12+); --sched-slice has no effect"
+        ),
+        Ok(slice::SliceOutcome::OtherPolicy(policy)) => tracing::info!(
+            event = "sched_slice_skipped",
+            policy,
+            "the process runs under a scheduling policy other than the fair one; --sched-slice left it alone"
+        ),
+        Err(e) => tracing::warn!(
+            event = "sched_slice_refused",
+            slice_us,
+            error = %e,
+            "the kernel refused the scheduler slice (--sched-slice); running with its default"
+        ),
+    }
 }
 
 fn secrets_from_env() -> SecretEnv {
@@ -88,7 +123,7 @@ fn check(args: RunArgs) -> ExitCode {
     ) {
         return code;
     }
-    let runtime = match runtime(1) {
+    let runtime = match runtime(1, None) {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -115,16 +150,21 @@ fn run(args: RunArgs) -> ExitCode {
     let listen = config.listen;
     let admin_listen = config.admin_listen;
     let webhook_listen = config.webhook.as_ref().map(|w| w.listen);
-    let runtime = match runtime(args.worker_threads) {
+    let runtime = match runtime(args.worker_threads, config.sched_slice) {
         Ok(r) => r,
         Err(code) => return code,
     };
     // Clients (the shared cache's included) are built inside the runtime's context.
     let _context = runtime.enter();
+    let sched_slice = config.sched_slice;
     let mut sidecar = match Sidecar::new(config) {
         Ok(s) => s,
         Err(e) => return bad_input(&e),
     };
+    // After the last check of the files: a refusal there stays the one line on stderr.
+    if let Some(slice) = sched_slice {
+        log_slice(slice, slice::request_slice(slice));
+    }
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
@@ -164,7 +204,7 @@ fn demo(args: DemoArgs) -> ExitCode {
     if let Err(code) = init_logs(args.log.log_format, args.log.log_level.as_deref()) {
         return code;
     }
-    let runtime = match runtime(0) {
+    let runtime = match runtime(0, None) {
         Ok(r) => r,
         Err(code) => return code,
     };

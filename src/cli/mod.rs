@@ -300,6 +300,12 @@ pub struct RunArgs {
     )]
     pub worker_threads: usize,
 
+    /// CPU time slice asked of Linux's fair scheduler (6.12+) for the proxy's threads:
+    /// a short one gets the core back sooner when another process shares it, without taking
+    /// more CPU time. 100us to 100ms; 0 keeps the kernel's default.
+    #[arg(long, env = "PIX_AUTH_PROXY_SCHED_SLICE", default_value = "100us", value_parser = duration, help_heading = "Listeners")]
+    pub sched_slice: Duration,
+
     /// Connections from the app served at once (further ones wait).
     #[arg(
         long,

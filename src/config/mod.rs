@@ -36,7 +36,9 @@ use crate::token::endpoint::{ClientAuth, TokenRequest};
 pub(crate) use files::https_url;
 use files::{positive, read_non_empty_secret, read_secret, readable_file};
 pub use identity::{IdentitySource, PasswordSource};
-pub use options::{ApiExtras, ClientOptions, ProxyOptions, ServerOptions};
+pub use options::{
+    ApiExtras, ClientOptions, MAX_SCHED_SLICE, MIN_SCHED_SLICE, ProxyOptions, ServerOptions,
+};
 pub use webhook::WebhookConfig;
 
 /// A setting that cannot be used, naming the flag.
@@ -102,6 +104,8 @@ pub struct Config {
     pub reload_interval: Duration,
     /// The inbound (webhook) listener, if `--webhook-listen` is given.
     pub webhook: Option<WebhookConfig>,
+    /// The scheduler slice to ask for on the runtime's threads (`None`: the kernel's default).
+    pub sched_slice: Option<Duration>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter, if given by flag.
@@ -153,6 +157,8 @@ impl Config {
             client_secret_file: None,
             reload_interval: Duration::from_secs(2),
             webhook: None,
+            // The caller runs the runtime, and with it the threads' scheduling.
+            sched_slice: None,
             log_format: LogFormat::Text,
             log_level: None,
             warnings: Vec::new(),
@@ -201,6 +207,8 @@ impl Config {
                 ),
             ));
         }
+
+        let sched_slice = sched_slice(args.sched_slice)?;
 
         let upstream = https_url(
             "--upstream",
@@ -330,9 +338,27 @@ impl Config {
             client_secret_file: args.client_secret_file.clone(),
             reload_interval: args.reload_interval,
             webhook,
+            sched_slice,
             log_format: args.log.log_format,
             log_level: args.log.log_level.clone(),
             warnings,
         })
     }
+}
+
+/// `--sched-slice`: 0 for the kernel's default, else within the range the kernel accepts.
+fn sched_slice(slice: Duration) -> Result<Option<Duration>, ConfigError> {
+    if slice.is_zero() {
+        return Ok(None);
+    }
+    if !(MIN_SCHED_SLICE..=MAX_SCHED_SLICE).contains(&slice) {
+        return Err(err(
+            "--sched-slice",
+            format!(
+                "{} is outside 100us..=100ms, the range Linux accepts (0 keeps the kernel's default)",
+                humantime::format_duration(slice)
+            ),
+        ));
+    }
+    Ok(Some(slice))
 }

@@ -64,6 +64,12 @@ impl Default for ProxyOptions {
     }
 }
 
+/// The shortest scheduler slice Linux (6.12+) gives a fair task that asks for one
+/// (`--sched-slice`); it clamps a request to this range.
+pub const MIN_SCHED_SLICE: Duration = Duration::from_micros(100);
+/// The longest.
+pub const MAX_SCHED_SLICE: Duration = Duration::from_millis(100);
+
 /// Listener settings.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {

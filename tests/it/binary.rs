@@ -179,6 +179,8 @@ async fn bad_input_is_refused_at_start_with_one_line_naming_the_flag() {
             "--webhook-forward",
             "only makes sense with --webhook-listen",
         ),
+        (vec!["--sched-slice", "50us"], "--sched-slice", "50us"),
+        (vec!["--sched-slice", "1s"], "--sched-slice", "outside"),
     ];
     for (extra, flag, needle) in cases {
         let (code, stderr) = run_to_end(&env.flags(&extra));
@@ -320,6 +322,19 @@ async fn binary_serves_with_env_secret_and_json_logs_then_sigterm_drains_and_exi
     );
     let url = format!("http://{listen}/cob/bin");
     child.wait_for_200(&url).await;
+    // By default the thread that serves asks for a 100 µs scheduler slice (`--sched-slice`),
+    // where the kernel has custom slices; the kernel's own record of it is in `sched`.
+    let pid = child.child.id().unwrap();
+    let sched = std::fs::read_to_string(format!("/proc/{pid}/sched")).unwrap_or_default();
+    let slice_ns = sched
+        .lines()
+        .find(|l| l.starts_with("se.slice"))
+        .and_then(|l| l.rsplit(':').next())
+        .map(|v| v.trim().parse::<u64>().unwrap());
+    let custom_slices = kernel_at_least(6, 12);
+    if custom_slices && let Some(ns) = slice_ns {
+        assert_eq!(ns, 100_000, "{sched}");
+    }
     // A 401 + replay and a token refusal, so the logs cover the sensitive paths.
     env.psp.reject_next_api(1);
     assert_eq!(get(&url).await.status, 200);
@@ -336,6 +351,12 @@ async fn binary_serves_with_env_secret_and_json_logs_then_sigterm_drains_and_exi
     let (code, logs) = child.finish(Duration::from_secs(10)).await;
     assert_eq!(code, Some(0), "{logs}");
     assert!(logs.contains("token_renewed"), "{logs}");
+    let slice_event = if custom_slices {
+        r#""event":"sched_slice""#
+    } else {
+        r#""event":"sched_slice_unsupported""#
+    };
+    assert!(logs.contains(slice_event), "{logs}");
     for line in logs.lines() {
         assert!(
             serde_json::from_str::<serde_json::Value>(line).is_ok(),
@@ -375,5 +396,15 @@ fn every_flag_in_help_is_documented_in_the_readme() {
                 "{flag} (from {sub:?}) is not in README.md"
             );
         }
+    }
+}
+
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(a)), Some(Ok(b))) => (a, b) >= (major, minor),
+        _ => panic!("cannot read the kernel version from {release:?}"),
     }
 }
