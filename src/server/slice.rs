@@ -23,10 +23,11 @@
 //!
 //! [`request_slice`] is the other half (`--sched-slice`, 100 µs by default): since Linux 6.12
 //! a task under the fair scheduler may ask for a shorter slice than the default. It gets no
-//! more CPU time for it, but earlier virtual deadlines: when the proxy wakes up to a request
-//! while another process runs on its core, it gets the core back after at most its own short
-//! slice instead of waiting out the other's burst. Measured with a process taking 20 % of
-//! the proxy's core in 2 ms bursts: a p99 of 1.4–1.8 ms instead of 2.0–2.5 (BENCHMARKS.md).
+//! more CPU time for it, but earlier virtual deadlines (a deadline is the virtual runtime
+//! plus the slice), so when the proxy wakes up to a request while another process runs on
+//! its core, it may preempt it instead of waiting out that process's burst. Measured with a
+//! process taking 20 % of the proxy's core in 2 ms bursts: a p99 of 1.4–1.8 ms instead of
+//! 2.0–2.5 (BENCHMARKS.md).
 
 use std::cell::Cell;
 use std::io;
