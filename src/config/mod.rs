@@ -355,8 +355,10 @@ fn sched_slice(slice: Duration) -> Result<Option<Duration>, ConfigError> {
         return Err(err(
             "--sched-slice",
             format!(
-                "{} is outside 100us..=100ms, the range Linux accepts (0 keeps the kernel's default)",
-                humantime::format_duration(slice)
+                "{} is outside {}..={}, the range Linux accepts (0 keeps the kernel's default)",
+                humantime::format_duration(slice),
+                humantime::format_duration(MIN_SCHED_SLICE),
+                humantime::format_duration(MAX_SCHED_SLICE),
             ),
         ));
     }

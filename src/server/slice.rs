@@ -33,7 +33,7 @@ use std::cell::Cell;
 use std::io;
 use std::time::{Duration, Instant};
 
-pub use crate::config::{MAX_SCHED_SLICE, MIN_SCHED_SLICE};
+use crate::config::{MAX_SCHED_SLICE, MIN_SCHED_SLICE};
 
 use rustix::time::{ClockId, DynamicClockId, clock_gettime_dynamic};
 

@@ -308,6 +308,9 @@ async fn binary_serves_with_env_secret_and_json_logs_then_sigterm_drains_and_exi
         "json",
         "--log-level",
         "trace",
+        // The multi-threaded runtime, whose workers take the scheduler slice as they start.
+        "--worker-threads",
+        "2",
     ]);
     // Take the secret from the environment instead of the file.
     let i = flags
@@ -322,18 +325,24 @@ async fn binary_serves_with_env_secret_and_json_logs_then_sigterm_drains_and_exi
     );
     let url = format!("http://{listen}/cob/bin");
     child.wait_for_200(&url).await;
-    // By default the thread that serves asks for a 100 µs scheduler slice (`--sched-slice`),
-    // where the kernel has custom slices; the kernel's own record of it is in `sched`.
+    // By default every runtime thread (the workers as they start, the main thread in `run`)
+    // asks for a 100 µs scheduler slice (`--sched-slice`); where the kernel has custom
+    // slices, its own record is each thread's `se.slice`.
     let pid = child.child.id().unwrap();
-    let sched = std::fs::read_to_string(format!("/proc/{pid}/sched")).unwrap_or_default();
-    let slice_ns = sched
-        .lines()
-        .find(|l| l.starts_with("se.slice"))
-        .and_then(|l| l.rsplit(':').next())
-        .map(|v| v.trim().parse::<u64>().unwrap());
     let custom_slices = kernel_at_least(6, 12);
-    if custom_slices && let Some(ns) = slice_ns {
-        assert_eq!(ns, 100_000, "{sched}");
+    if custom_slices {
+        let mut threads = 0;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let sched = std::fs::read_to_string(task.unwrap().path().join("sched")).unwrap();
+            let slice_ns = sched
+                .lines()
+                .find_map(|l| l.strip_prefix("se.slice"))
+                .and_then(|l| l.rsplit(':').next())
+                .map(|v| v.trim().parse::<u64>().unwrap());
+            assert_eq!(slice_ns, Some(100_000), "{sched}");
+            threads += 1;
+        }
+        assert!(threads >= 3, "the main thread and two workers: {threads}");
     }
     // A 401 + replay and a token refusal, so the logs cover the sensitive paths.
     env.psp.reject_next_api(1);
